@@ -1,0 +1,320 @@
+"""EgressAddon: mitmproxy hooks translated into egress decisions.
+
+Each hook reads the flow, asks egress (identity, decide, netguard), and applies the answer: a
+refusal response, passthrough or interception, a pinned address. The order of checks is the
+order of cost: credentials, then the pure policy decision, then DNS -- so a denied request
+costs no lookup and no upstream connection.
+
+    CONNECT host:port ─▶ http_connect:   auth → decide → vet address → pin → Tunnel state
+    TLS ClientHello   ─▶ tls_clienthello: SNI must equal the CONNECT host; passthrough
+    GET http://h/p    ─▶ requestheaders: auth → Host==URI → decide → vet → pin → strip auth
+    upstream dial     ─▶ server_connect: last line: only vetted addresses, refused tunnels never
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+from mitmproxy import connection, ctx, http, tls
+from mitmproxy.exceptions import OptionsError
+from mitmproxy.proxy import server_hooks
+
+from egress.audit import AuditRecord, new_request_id
+from egress.errors import PolicyErrors
+from egress.identity import parse_proxy_authorization
+from egress.netguard import Blocked, IPAddress, Vetted, parse_ip_literal
+from egress.policy.decide import Decision, Destination, Verdict, decide
+from egress.policy.match import normalise_host, normalise_path
+from egress.reasons import Reason
+from egress.responses import refusal
+from egress.runtime import Runtime, default_data_dir
+
+__all__ = ["EgressAddon"]
+
+log = logging.getLogger("egress")
+
+
+@dataclass
+class Tunnel:
+    """What was decided for a client connection's CONNECT."""
+
+    skill: str
+    host: str  # normalised CONNECT host
+    port: int
+    decision: Decision
+    address: str | None  # the vetted address dialled
+    refused: Reason | None = None  # set when a later check (SNI) refused the tunnel
+
+
+class EgressAddon:
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, Tunnel] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._skills: weakref.WeakKeyDictionary[connection.Client, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- options -------------------------------------------------------------------------
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        loader.add_option("egress_policies", str, "",
+                          "Directory of egress policy YAML files (required).")
+        loader.add_option("egress_data_dir", str, "",
+                          "egress state directory (tokens, CA, audit.jsonl). "
+                          "Default: $EGRESS_DATA_DIR or ~/.local/state/egress.")
+
+    def configure(self, updated: set[str]) -> None:
+        if ctx.options.connection_strategy != "lazy":
+            # Nothing may connect upstream before egress has decided (deny before connect).
+            ctx.options.update(connection_strategy="lazy")
+        if self.runtime is not None and not ({"egress_policies", "egress_data_dir"} & updated):
+            return
+        if not ctx.options.egress_policies:
+            raise OptionsError("egress_policies is required: --set egress_policies=DIR")
+        data_dir = ctx.options.egress_data_dir or str(default_data_dir())
+        try:
+            self.runtime = Runtime.create(
+                ctx.options.egress_policies, data_dir,
+                self_addresses=_listen_addresses(ctx.options.listen_host, ctx.options.listen_port),
+            )
+        except PolicyErrors as exc:
+            raise OptionsError(f"egress_policies: invalid policy:\n{exc}") from exc
+
+    # -- hooks ---------------------------------------------------------------------------
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or self.runtime is None:
+            return
+        rid = new_request_id()
+        skill = self._authenticate(flow, "connect", rid)
+        if skill is None:
+            return
+        dest = self._destination(flow, skill, "connect", rid)
+        if dest is None:
+            return
+        decision = decide(self.runtime.policy, skill, dest)
+        if not decision.allowed:
+            self._refuse(flow, decision.reason, skill, dest, "connect", rid, decision)
+            return
+        vetted = await self._vet(flow, skill, dest, "connect", rid, decision)
+        if vetted is None:
+            return
+        flow.request.host = str(vetted.ip)  # pin: mitmproxy dials exactly the vetted address
+        self._tunnels[flow.client_conn] = Tunnel(skill, dest.host, dest.port, decision,
+                                                 str(vetted.ip))
+        self._audit_allowed(flow, skill, dest, "connect", rid, decision, str(vetted.ip))
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        tunnel = self._tunnels.get(data.context.client)
+        data.ignore_connection = True  # passthrough: the skill talks TLS end to end
+        if tunnel is None:
+            return  # no CONNECT was approved on this connection: server_connect refuses it
+        sni = data.client_hello.sni
+        if sni is None and parse_ip_literal(tunnel.host) is not None:
+            return  # clients send no SNI for IP literals
+        try:
+            same = sni is not None and normalise_host(sni) == tunnel.host
+        except ValueError:
+            same = False
+        if not same:
+            tunnel.refused = Reason.HOST_MISMATCH
+            assert self.runtime is not None
+            self.runtime.record(AuditRecord(
+                decision="deny", reason=Reason.HOST_MISMATCH, kind="tls", skill=tunnel.skill,
+                client=_peer(data.context.client), host=tunnel.host, port=tunnel.port,
+                policy=self.runtime.policy.digest,
+                detail=f"TLS SNI {sni!r} differs from CONNECT host" if sni else "no TLS SNI",
+            ))
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or self.runtime is None:
+            return
+        tunnel = self._tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            self._tunnel_request(flow, tunnel)
+            return
+        rid = new_request_id()
+        if flow.request.first_line_format != "absolute":
+            # An origin-form request with no approved tunnel is not a proxy request.
+            self._refuse(flow, Reason.BAD_REQUEST, None, _flow_dest(flow), "http", rid)
+            return
+        skill = self._authenticate(flow, "http", rid)
+        if skill is None:
+            return
+        dest = self._destination(flow, skill, "http", rid)
+        if dest is None:
+            return
+        decision = decide(self.runtime.policy, skill, dest)
+        if not decision.allowed:
+            self._refuse(flow, decision.reason, skill, dest, "http", rid, decision)
+            return
+        vetted = await self._vet(flow, skill, dest, "http", rid, decision)
+        if vetted is None:
+            return
+        flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
+        self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
+        if self.runtime is None:
+            data.server.error = "egress: not configured"
+            return
+        tunnel = self._tunnels.get(data.client)
+        if tunnel is not None and tunnel.refused is not None:
+            data.server.error = f"egress: tunnel refused ({tunnel.refused})"
+            return
+        address = data.server.address
+        ip = parse_ip_literal(address[0]) if address else None
+        if ip is None or address is None or not self.runtime.guard.was_vetted(ip, address[1]):
+            data.server.error = "egress: destination address was not vetted"
+            self.runtime.record(AuditRecord(
+                decision="deny", reason=Reason.BLOCKED_ADDRESS, kind="connect",
+                skill=tunnel.skill if tunnel else self._skills.get(data.client),
+                client=_peer(data.client), host=str(address[0]) if address else "",
+                port=int(address[1]) if address else 0, policy=self.runtime.policy.digest,
+                detail="upstream connection to an address that was not vetted",
+            ))
+
+    # -- steps ---------------------------------------------------------------------------
+    def _tunnel_request(self, flow: http.HTTPFlow, tunnel: Tunnel) -> Decision | None:
+        """A request inside an approved tunnel that mitmproxy parsed (plain HTTP or intercepted)."""
+        assert self.runtime is not None
+        flow.request.headers.pop("Proxy-Authorization", None)
+        rid = new_request_id()
+        header = flow.request.host_header or ""
+        if _host_port(header, tunnel.port) != (tunnel.host, tunnel.port):
+            self._refuse(flow, Reason.HOST_MISMATCH, tunnel.skill,
+                         Destination(tunnel.host, tunnel.port), "http", rid,
+                         detail=f"Host {header[:100]!r} differs from CONNECT host")
+            return None
+        dest = Destination(tunnel.host, tunnel.port, flow.request.method,
+                           normalise_path(flow.request.path))
+        decision = decide(self.runtime.policy, tunnel.skill, dest)
+        if not decision.allowed:
+            self._refuse(flow, decision.reason, tunnel.skill, dest, "http", rid, decision)
+            return None
+        self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
+        return decision
+
+    def _authenticate(self, flow: http.HTTPFlow, kind: str, rid: str) -> str | None:
+        assert self.runtime is not None
+        header = flow.request.headers.get("Proxy-Authorization")
+        flow.request.headers.pop("Proxy-Authorization", None)
+        if header is None and flow.client_conn in self._skills:
+            return self._skills[flow.client_conn]  # plain-HTTP keep-alive, authenticated before
+        creds = parse_proxy_authorization(header)
+        if creds is None:
+            reason = Reason.AUTH_REQUIRED if header is None else Reason.AUTH_INVALID
+            self._refuse(flow, reason, None, _flow_dest(flow), kind, rid)
+            return None
+        skill, token = creds
+        if not self.runtime.tokens.verify(skill, token):
+            self._refuse(flow, Reason.AUTH_INVALID, None, _flow_dest(flow), kind, rid,
+                         detail=f"claimed skill {skill[:64]!r}")
+            return None
+        self._skills[flow.client_conn] = skill
+        return skill
+
+    def _destination(self, flow: http.HTTPFlow, skill: str, kind: str, rid: str) -> Destination | None:
+        raw = _flow_dest(flow)
+        try:
+            host = normalise_host(flow.request.host)
+        except ValueError as exc:
+            self._refuse(flow, Reason.BAD_REQUEST, skill, raw, kind, rid, detail=f"host: {exc}")
+            return None
+        if kind == "http":
+            # Plain HTTP: the absolute-form URI and the Host header must name one destination.
+            header = flow.request.headers.get("Host")
+            if header is not None and _host_port(header, flow.request.port) != (host, flow.request.port):
+                self._refuse(flow, Reason.HOST_MISMATCH, skill, Destination(host, flow.request.port),
+                             kind, rid, detail=f"Host header {header[:100]!r} differs from URI")
+                return None
+            return Destination(host, flow.request.port, flow.request.method, None)
+        return Destination(host, flow.request.port)
+
+    async def _vet(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
+                   rid: str, decision: Decision) -> Vetted | None:
+        assert self.runtime is not None
+        result = await self.runtime.guard.vet(dest.host, dest.port)
+        if isinstance(result, Blocked):
+            # Never relaxed by report mode: these protect the operator, not the policy.
+            self._refuse(flow, Reason(result.reason), skill, dest, kind, rid, decision,
+                         detail=result.detail)
+            return None
+        return result
+
+    def _refuse(self, flow: http.HTTPFlow, reason: Reason, skill: str | None, dest: Destination,
+                kind: str, rid: str, decision: Decision | None = None, detail: str | None = None) -> None:
+        assert self.runtime is not None
+        rule = decision.rule if decision is not None else None
+        reply = refusal(reason, skill=skill, host=dest.host, port=dest.port, request_id=rid,
+                        policy_source=str(rule.source) if rule is not None else None)
+        flow.response = http.Response.make(reply.status, reply.body, list(reply.headers))
+        self.runtime.record(self._record(flow, "deny", reason, skill, dest, kind, rid, decision,
+                                         detail=detail))
+
+    def _audit_allowed(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
+                       rid: str, decision: Decision, resolved: str) -> None:
+        assert self.runtime is not None
+        if decision.verdict is Verdict.REPORT or self.runtime.policy.settings.audit.log_allowed:
+            self.runtime.record(self._record(flow, str(decision.verdict), decision.reason, skill,
+                                             dest, kind, rid, decision, resolved=resolved))
+
+    def _record(self, flow: http.HTTPFlow, verdict: str, reason: Reason, skill: str | None,
+                dest: Destination, kind: str, rid: str, decision: Decision | None,
+                *, detail: str | None = None, resolved: str | None = None) -> AuditRecord:
+        assert self.runtime is not None
+        req = flow.request
+        connect = req.method == "CONNECT"
+        return AuditRecord(
+            id=rid, decision=verdict, reason=str(reason), kind=kind, skill=skill,
+            client=_peer(flow.client_conn), host=dest.host, port=dest.port,
+            method=None if connect else req.method[:16],
+            scheme=None if connect else req.scheme,
+            path=None if connect else req.path.split("?", 1)[0][:2048],
+            rule=decision.rule.label if decision and decision.rule else None,
+            resolved=resolved, policy=self.runtime.policy.digest, detail=detail,
+        )
+
+
+def _flow_dest(flow: http.HTTPFlow) -> Destination:
+    """The destination as requested, best effort, for refusals before it is validated."""
+    try:
+        host = normalise_host(flow.request.host)
+    except ValueError:
+        host = flow.request.host[:253]
+    return Destination(host, flow.request.port)
+
+
+def _host_port(header: str, default_port: int) -> tuple[str, int] | None:
+    text = header.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        inner, _, rest = text[1:].partition("]")
+        host = inner
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        if not p.isdigit():
+            return None
+        port = int(p)
+    try:
+        return normalise_host(host), port
+    except ValueError:
+        return None
+
+
+def _peer(client: connection.Client) -> str | None:
+    peer = client.peername
+    if not peer:
+        return None
+    return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+
+
+def _listen_addresses(host: str, port: int) -> frozenset[tuple[IPAddress, int]]:
+    """egress's own listening addresses, which no skill may be proxied back to."""
+    hosts = (host,) if host else ("0.0.0.0", "::")  # empty listen_host: every interface
+    return frozenset((ip, port) for ip in map(parse_ip_literal, hosts) if ip is not None)

@@ -1,0 +1,125 @@
+"""The audit log: one JSON object per line in DATA_DIR/audit.jsonl.
+
+Every denial (and every 407) is written; allowed decisions too when `settings.audit.log_allowed`.
+Each record is written with a single `os.write` on an O_APPEND descriptor: the line is in the
+kernel the moment the call returns, so it survives a crash of the process, and concurrent
+writers never interleave within a line. A line is ~300 bytes, so the write costs microseconds
+and can stay on the event loop.
+
+What never goes in: secret values, Authorization/Cookie/Proxy-Authorization values, query
+strings, bodies. AuditRecord has no field that could hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AUDIT_FILE", "SCHEMA_VERSION", "AuditRecord", "AuditWriter", "new_request_id", "read_records"]
+
+AUDIT_FILE = "audit.jsonl"
+SCHEMA_VERSION = 1
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    decision: str  # allow | deny | report
+    reason: str  # a Reason code
+    kind: str  # connect | http | tls
+    host: str  # as requested, normalised
+    port: int
+    skill: str | None = None  # None when unauthenticated
+    client: str | None = None  # "ip:port" of the skill's connection
+    method: str | None = None
+    scheme: str | None = None
+    path: str | None = None  # never with a query string
+    rule: str | None = None  # "file:line host" of the rule that matched
+    resolved: str | None = None  # the address dialled, if any
+    policy: str | None = None  # digest of the policy in force
+    detail: str | None = None  # short extra context safe to show (e.g. "127.0.0.1 is loopback")
+    credential: str | None = None  # the *name* of a brokered credential, never its value
+    id: str = field(default_factory=new_request_id)
+    ts: str = field(default_factory=_now)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"v": SCHEMA_VERSION}
+        data.update((k, v) for k, v in asdict(self).items() if v is not None or k in _ALWAYS)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+_ALWAYS = frozenset({"skill", "ts", "id", "decision", "reason", "host", "port", "kind"})
+
+
+class AuditWriter:
+    """Appends records to a file (or to stdout with path "-", for container log collectors)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self._fd: int | None = None
+        self.lines_written = 0
+        self.write_errors = 0
+
+    def _open(self) -> int:
+        if self._fd is None:
+            if self.path == "-":
+                self._fd = sys.stdout.fileno()
+            else:
+                Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._fd
+
+    def write(self, record: AuditRecord) -> None:
+        line = (record.to_json() + "\n").encode("utf-8")
+        try:
+            fd = self._open()
+            written = os.write(fd, line)
+            if written != len(line):  # short write (disk full): finish the line
+                os.write(fd, line[written:])
+            self.lines_written += 1
+        except OSError:
+            # Never let a full disk take the proxy down with it; the denial itself still
+            # happens (deciding never depends on logging). Counted for metrics/health.
+            self.write_errors += 1
+            self.close()
+
+    def reopen(self) -> None:
+        """Start a new descriptor (after the file was rotated away)."""
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None and self.path != "-":
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = None
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the records of one audit file; lines that are not JSON objects are skipped."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj

@@ -1,0 +1,44 @@
+"""`egress check DIR`: validate a policy directory without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from egress.cli.common import add_json
+from egress.errors import PolicyErrors
+from egress.policy.load import load_policy_dir
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("check", help="validate policy files",
+                       description="Validate every *.yaml in DIR. Exit 0 with a summary, or 1 "
+                                   "with one `file:line: field: message` per problem.")
+    p.add_argument("policies", metavar="DIR", help="policy directory")
+    add_json(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy_dir(args.policies)
+    except PolicyErrors as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "errors": [
+                {"file": e.file, "line": e.line, "field": e.field, "message": e.message}
+                for e in exc.errors]}))
+        else:
+            for err in exc.errors:
+                print(err, file=sys.stderr)
+        return 1
+    creds = sum(len(s.credentials) for s in policy.skills.values())
+    if args.json:
+        print(json.dumps({"ok": True, "skills": len(policy.skills), "rules": policy.rule_count,
+                          "credentials": creds, "files": len(policy.files),
+                          "digest": policy.digest}))
+    else:
+        print(f"ok: {len(policy.files)} files, {len(policy.skills)} skills, "
+              f"{policy.rule_count} rules, {creds} credentials (policy {policy.digest})")
+    return 0

@@ -1,0 +1,92 @@
+"""`egress serve`: run the proxy in the foreground on a lean mitmproxy Master.
+
+The Master carries only the addons egress needs (core options, proxy server, layer selection,
+TLS) plus EgressAddon, instead of mitmdump's ~35 defaults: measured 60-75% faster, and nothing
+that could rewrite traffic behind the policy's back (maplocal, modifyheaders, replay...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from egress.cli.ca import ca_dir, ensure_ca
+from egress.cli.common import add_data_dir, data_dir
+from egress.errors import ConfigError
+
+log = logging.getLogger("egress")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the proxy",
+        description="Run egress in the foreground. Skills use it as their HTTP(S) proxy: "
+                    "HTTPS_PROXY=http://SKILL:TOKEN@127.0.0.1:8080",
+    )
+    p.add_argument("--policies", required=True, type=Path, metavar="DIR",
+                   help="directory of policy *.yaml files")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="proxy address (default 127.0.0.1:8080)")
+    add_data_dir(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = parse_hostport(args.listen, "--listen")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(args.policies, data_dir(args), host, port))
+
+
+def build_master(policies: Path, data: Path, host: str, port: int) -> Any:
+    """A mitmproxy Master with just the addons egress needs. Call inside a running loop."""
+    from mitmproxy import master, options
+    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+    from egress.addon import EgressAddon
+
+    ensure_ca(data)
+    opts = options.Options(
+        listen_host=host, listen_port=port, mode=["regular"],
+        confdir=str(ca_dir(data)),
+    )
+    m = master.Master(opts)
+    m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
+                 tlsconfig.TlsConfig(), errorcheck.ErrorCheck(), EgressAddon())
+    opts.update(
+        connection_strategy="lazy",
+        egress_policies=str(policies), egress_data_dir=str(data),
+        # Large bodies stream instead of being held in memory (uploads, downloads, SSE).
+        stream_large_bodies="256k",
+    )
+    return m
+
+
+async def serve(policies: Path, data: Path, host: str, port: int) -> int:
+    from mitmproxy.exceptions import OptionsError
+
+    try:
+        m = build_master(policies, data, host, port)
+    except OptionsError as exc:
+        print(f"egress: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, m.shutdown)
+    log.info("egress listening on %s:%d, policies %s, data %s", host, port, policies, data)
+    await m.run()
+    return 0

@@ -1,0 +1,171 @@
+"""The policy as plain, frozen data: what the loader builds and what decide() reads.
+
+Nothing here does I/O or knows about YAML or mitmproxy. Hosts are stored normalised
+(lowercase, IDNA, no trailing dot; IP literals in canonical form).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from egress.secrets.config import SecretSettings
+
+__all__ = [
+    "AuditSettings",
+    "Credential",
+    "DnsSettings",
+    "HostIndex",
+    "IPNetwork",
+    "Mode",
+    "NetworkSettings",
+    "PolicySet",
+    "Rule",
+    "Settings",
+    "SkillPolicy",
+    "Source",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"  # deny what the policy does not allow
+    REPORT = "report"  # allow it, but audit what would have been denied
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a piece of policy was written, for error messages and the audit `rule` field."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One `allow` entry. `host` is either an exact name or `*.suffix` (wildcard=True)."""
+
+    host: str
+    wildcard: bool
+    ports: frozenset[int]
+    methods: frozenset[str] | None  # None: any method
+    paths: tuple[str, ...] | None  # None: any path
+    credential: str | None
+    source: Source
+
+    @property
+    def needs_interception(self) -> bool:
+        """Only rules that look inside requests need TLS terminated by egress."""
+        return self.methods is not None or self.paths is not None or self.credential is not None
+
+    @property
+    def label(self) -> str:
+        """Short, stable name for logs: `file:line host`."""
+        return f"{self.source} {'*.' if self.wildcard else ''}{self.host}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    name: str
+    secret: str  # a secret reference such as "vault:secret/skills/x#api_key" -- never a value
+    header: str
+    format: str  # contains "{secret}" exactly once
+    placeholder: str | None
+    source: Source
+
+
+class HostIndex:
+    """Rules of one skill indexed by host, so a lookup costs a few dict probes, not a scan.
+
+    Exact hosts map straight to their rules. A wildcard `*.example.com` is stored under
+    `example.com`; a lookup walks the host's parent domains (at most a handful of labels).
+    """
+
+    __slots__ = ("_exact", "_suffix")
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        exact: dict[str, list[Rule]] = {}
+        suffix: dict[str, list[Rule]] = {}
+        for rule in rules:
+            (suffix if rule.wildcard else exact).setdefault(rule.host, []).append(rule)
+        self._exact = {h: tuple(r) for h, r in exact.items()}
+        self._suffix = {h: tuple(r) for h, r in suffix.items()}
+
+    def lookup(self, host: str) -> tuple[Rule, ...]:
+        """Rules whose host pattern matches `host` (normalised), exact matches first."""
+        found = self._exact.get(host, ())
+        if self._suffix:
+            # "*.example.com" matches "a.example.com" and "a.b.example.com", never "example.com".
+            dot = host.find(".")
+            while dot != -1:
+                parent = host[dot + 1 :]
+                more = self._suffix.get(parent)
+                if more:
+                    found = found + more
+                dot = host.find(".", dot + 1)
+        return found
+
+
+@dataclass(frozen=True)
+class SkillPolicy:
+    name: str
+    mode: Mode
+    rules: tuple[Rule, ...]
+    credentials: Mapping[str, Credential]
+    source: Source
+    index: HostIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", HostIndex(self.rules))
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = ()  # "host" or "host:port"; empty: the system's resolvers
+    timeout: float = 3.0
+    min_ttl: int = 5
+    max_ttl: int = 300
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    allow: tuple[IPNetwork, ...] = ()  # opened despite the built-in deny list (metadata never)
+    deny: tuple[IPNetwork, ...] = ()  # denied in addition to the built-in list
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    log_allowed: bool = False  # also write a line for every allowed connection/request
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: Mode = Mode.ENFORCE  # default for skills that do not set `mode`
+    dns: DnsSettings = DnsSettings()
+    networks: NetworkSettings = NetworkSettings()
+    audit: AuditSettings = AuditSettings()
+    upstream_ca: str | None = None  # absolute path of extra CAs for upstream TLS
+    secrets: SecretSettings | None = None
+    source: Source | None = None
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Everything loaded from one policy directory. `digest` identifies it in audit lines."""
+
+    skills: Mapping[str, SkillPolicy]
+    settings: Settings
+    digest: str
+    files: tuple[str, ...]
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(s.rules) for s in self.skills.values())

@@ -1,0 +1,88 @@
+"""Stable reason codes for every decision egress makes, and the prose built from them.
+
+The codes are a contract: they appear in the audit log, in 403/407/502/503 bodies and in metric
+labels, and operators write queries and alerts against them. Add codes; never rename one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Reason", "explain"]
+
+
+class Reason(StrEnum):
+    ALLOWED = "allowed"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_INVALID = "auth_invalid"
+    UNKNOWN_SKILL = "unknown_skill"
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    PORT_NOT_ALLOWED = "port_not_allowed"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PATH_NOT_ALLOWED = "path_not_allowed"
+    HOST_MISMATCH = "host_mismatch"
+    BLOCKED_ADDRESS = "blocked_address"
+    DNS_FAILURE = "dns_failure"
+    BAD_REQUEST = "bad_request"
+    CREDENTIAL_UNAVAILABLE = "credential_unavailable"
+    CREDENTIAL_EXFILTRATION = "credential_exfiltration"
+    TLS_REQUIRED = "tls_required"
+    RATE_LIMITED = "rate_limited"
+    NO_POLICY = "no_policy"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+
+
+# One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
+# can act on. explain() adds the "do not retry" guidance that is common to all of them.
+_WHY: dict[Reason, str] = {
+    Reason.ALLOWED: "The request is allowed.",
+    Reason.AUTH_REQUIRED: "The request carried no proxy credentials.",
+    Reason.AUTH_INVALID: "The proxy credentials were malformed, unknown or revoked.",
+    Reason.UNKNOWN_SKILL: "This skill has no egress policy.",
+    Reason.HOST_NOT_ALLOWED: "The skill's egress policy does not list this host.",
+    Reason.PORT_NOT_ALLOWED: "The skill's egress policy lists this host, but not on this port.",
+    Reason.METHOD_NOT_ALLOWED: "The skill's egress policy does not allow this HTTP method here.",
+    Reason.PATH_NOT_ALLOWED: "The skill's egress policy does not allow this path on this host.",
+    Reason.HOST_MISMATCH: (
+        "The request names two different destinations (CONNECT target, TLS SNI and "
+        "Host header must agree)."
+    ),
+    Reason.BLOCKED_ADDRESS: (
+        "The host resolves to an address skills may not reach (private, loopback, "
+        "link-local, metadata or otherwise reserved)."
+    ),
+    Reason.DNS_FAILURE: "The host name could not be resolved.",
+    Reason.BAD_REQUEST: "The request could not be parsed as a proxy request.",
+    Reason.CREDENTIAL_UNAVAILABLE: (
+        "The credential this request needs could not be fetched from the secret manager."
+    ),
+    Reason.CREDENTIAL_EXFILTRATION: (
+        "The request carries a brokered credential to a host that credential is not bound to."
+    ),
+    Reason.TLS_REQUIRED: "Credentials are only injected over verified TLS; use https.",
+    Reason.RATE_LIMITED: "The skill exceeded its request rate or connection limit.",
+    Reason.NO_POLICY: "egress has no valid policy loaded, so every request is refused.",
+    Reason.UPSTREAM_UNREACHABLE: "egress could not connect to the destination.",
+}
+
+_WHAT_TO_DO: dict[Reason, str] = {
+    Reason.AUTH_REQUIRED: "Send the skill's proxy URL (http://SKILL:TOKEN@host:port).",
+    Reason.AUTH_INVALID: "Ask the operator for a valid token (egress token issue/rotate).",
+    Reason.DNS_FAILURE: "Check the host name; retrying later may help if DNS is flaky.",
+    Reason.UPSTREAM_UNREACHABLE: "The destination may be down; retrying later may help.",
+    Reason.CREDENTIAL_UNAVAILABLE: "Retrying later may help; the operator has been told.",
+    Reason.RATE_LIMITED: "Slow down and retry later.",
+}
+
+_DEFAULT_TO_DO = (
+    "Retrying, changing the URL spelling or bypassing the proxy will not help: "
+    "ask the operator to change the skill's egress policy if this access is needed."
+)
+
+
+def explain(reason: Reason, *, skill: str | None, host: str, port: int) -> str:
+    """Build the agent-readable message for a refusal, e.g. for the 403 JSON body."""
+    who = f"skill {skill!r}" if skill else "an unauthenticated client"
+    why = _WHY[reason]
+    todo = _WHAT_TO_DO.get(reason, _DEFAULT_TO_DO)
+    return f"egress blocked {who} from reaching {host}:{port}. {why} {todo}"

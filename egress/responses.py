@@ -1,0 +1,63 @@
+"""What egress answers a skill when it refuses: status, headers and an agent-readable body.
+
+Pure builders; the addon turns a Reply into a mitmproxy Response. Bodies carry reason codes and
+host names, never secrets, tokens, query strings or upstream error text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from egress.reasons import Reason, explain
+
+__all__ = ["Reply", "refusal"]
+
+_STATUS: dict[Reason, int] = {
+    Reason.AUTH_REQUIRED: 407,
+    Reason.AUTH_INVALID: 407,
+    Reason.DNS_FAILURE: 502,
+    Reason.UPSTREAM_UNREACHABLE: 502,
+    Reason.CREDENTIAL_UNAVAILABLE: 503,
+    Reason.NO_POLICY: 503,
+    Reason.RATE_LIMITED: 429,
+    Reason.BAD_REQUEST: 400,
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def refusal(
+    reason: Reason, *, skill: str | None, host: str, port: int, request_id: str,
+    policy_source: str | None = None,
+) -> Reply:
+    """The response for a refused request. 407s ask for credentials; the rest are JSON."""
+    status = _STATUS.get(reason, 403)
+    message = explain(reason, skill=skill, host=host, port=port)
+    if policy_source:
+        message += f" (policy: {policy_source})"
+    body = {
+        "error": "egress_denied",
+        "skill": skill,
+        "host": host,
+        "port": port,
+        "reason": str(reason),
+        "message": message,
+        "request_id": request_id,
+    }
+    headers: list[tuple[str, str]] = [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-store"),
+        ("X-Egress-Reason", str(reason)),
+        ("X-Egress-Request-Id", request_id),
+    ]
+    if status == 407:
+        headers.append(("Proxy-Authenticate", 'Basic realm="egress"'))
+    if status == 429:
+        headers.append(("Retry-After", "60"))
+    return Reply(status, tuple(headers), (json.dumps(body, indent=None) + "\n").encode())

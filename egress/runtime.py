@@ -1,0 +1,111 @@
+"""The running state egress decides with: policy, tokens, audit writer, address guard.
+
+One place builds it (`Runtime.create`), shared by the mitmproxy addon (`mitmdump -s`) and
+`egress serve`, so both paths enforce the same thing. Reloading swaps the policy (and what is
+derived from it) only after the new one validated: a bad file never replaces a good policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter
+from egress.errors import PolicyErrors
+from egress.identity import TokenStore
+from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy
+from egress.policy.load import load_policy_dir
+from egress.policy.model import PolicySet
+
+__all__ = ["Runtime", "default_data_dir"]
+
+log = logging.getLogger("egress")
+
+
+def default_data_dir() -> Path:
+    """$EGRESS_DATA_DIR, else the per-user state directory ($XDG_STATE_HOME/egress)."""
+    env = os.environ.get("EGRESS_DATA_DIR")
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "egress"
+
+
+@dataclass
+class ReloadStatus:
+    ok: int = 0
+    failed: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class Runtime:
+    policy_dir: Path
+    data_dir: Path
+    policy: PolicySet
+    tokens: TokenStore
+    audit: AuditWriter
+    guard: AddressGuard
+    self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
+    reloads: ReloadStatus = field(default_factory=ReloadStatus)
+
+    @classmethod
+    def create(
+        cls,
+        policy_dir: str | os.PathLike[str],
+        data_dir: str | os.PathLike[str],
+        *,
+        self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = frozenset(),
+        audit_path: str | None = None,
+    ) -> Runtime:
+        """Load and validate everything; raises PolicyErrors before anything starts."""
+        data = Path(data_dir)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        policy = load_policy_dir(policy_dir)
+        dns = policy.settings.dns
+        resolver = DnsResolver(dns.nameservers, timeout=dns.timeout, min_ttl=dns.min_ttl,
+                               max_ttl=dns.max_ttl)
+        guard = AddressGuard(resolver, _networks(policy, self_addresses))
+        return cls(
+            policy_dir=Path(policy_dir), data_dir=data, policy=policy,
+            tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE),
+            guard=guard, self_addresses=self_addresses,
+        )
+
+    def reload_policy(self) -> bool:
+        """Load the policy directory again; keep the running policy if the new one is bad."""
+        try:
+            new = load_policy_dir(self.policy_dir)
+        except PolicyErrors as exc:
+            self.reloads.failed += 1
+            self.reloads.last_error = str(exc)
+            for err in exc.errors:
+                log.error("policy reload rejected, keeping policy %s: %s", self.policy.digest, err)
+            return False
+        if new.settings.dns != self.policy.settings.dns:
+            dns = new.settings.dns
+            self.guard = AddressGuard(
+                DnsResolver(dns.nameservers, timeout=dns.timeout, min_ttl=dns.min_ttl,
+                            max_ttl=dns.max_ttl),
+                _networks(new, self.self_addresses),
+            )
+        else:
+            self.guard.replace_networks(_networks(new, self.self_addresses))
+        old, self.policy = self.policy.digest, new
+        self.reloads.ok += 1
+        self.reloads.last_error = None
+        if old != new.digest:
+            log.info("policy reloaded: %s -> %s (%d skills, %d rules)", old, new.digest,
+                     len(new.skills), new.rule_count)
+        return True
+
+    def record(self, record: AuditRecord) -> None:
+        self.audit.write(record)
+
+
+def _networks(policy: PolicySet, self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> NetworkPolicy:
+    nets = policy.settings.networks
+    return NetworkPolicy(allow=nets.allow, deny=nets.deny, self_addresses=self_addresses)

@@ -1,0 +1,108 @@
+"""Run a real egress proxy (`egress serve` in a subprocess) for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from egress.identity import TokenStore
+from tests.upstream import free_port
+
+EGRESS = str(Path(sys.executable).with_name("egress"))
+
+
+@dataclass
+class Proxy:
+    host: str
+    port: int
+    data_dir: Path
+    policies: Path
+    tokens: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def url(self, skill: str, token: str | None = None) -> str:
+        return f"http://{skill}:{token or self.tokens[skill]}@{self.host}:{self.port}"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.jsonl"
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def audit_for(self, request_id: str) -> dict[str, Any]:
+        """The audit record of one response's X-Egress-Request-Id (waits briefly)."""
+        for _ in range(50):
+            for rec in self.audit():
+                if rec["id"] == request_id:
+                    return rec
+            time.sleep(0.05)
+        raise AssertionError(f"no audit record with id {request_id}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def wait_port(host: str, port: int, process: subprocess.Popen[bytes] | None = None,
+              timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@contextmanager
+def run_proxy(policies: Path, data_dir: Path, skills: list[str], *, host: str = "127.0.0.1",
+              args: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Proxy]:
+    """Issue tokens for `skills`, start `egress serve`, stop it (SIGTERM, then SIGKILL) after."""
+    store = TokenStore(data_dir)
+    tokens = {s: store.issue(s) for s in skills}
+    port = free_port(host)
+    log_path = data_dir / "serve.log"
+    cmd = [EGRESS, "serve", "--policies", str(policies), "--data-dir", str(data_dir),
+           "--listen", f"{host}:{port}", *(args or [])]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_port(host, port, proc)
+        yield Proxy(host, port, data_dir, policies, tokens, proc, log_path)
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
