@@ -85,6 +85,46 @@ class EgressAddon:
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._on_connect(flow)
+        except Exception:
+            self._fail_closed(flow, "connect")
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._on_request(flow)
+        except Exception:
+            self._fail_closed(flow, "http")
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        try:
+            self._on_clienthello(data)
+        except Exception:
+            log.exception("egress: error checking a TLS ClientHello; refusing the tunnel")
+            data.ignore_connection = True
+            tunnel = self._tunnels.get(data.context.client)
+            if tunnel is not None:
+                tunnel.refused = Reason.INTERNAL_ERROR
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        try:
+            self._on_server_connect(data)
+        except Exception:
+            log.exception("egress: error vetting an upstream connection; refusing it")
+            data.server.error = "egress: internal error"
+
+    def _fail_closed(self, flow: http.HTTPFlow, kind: str) -> None:
+        """A bug in egress must never let a request through: refuse and audit it."""
+        log.exception("egress: internal error deciding a request; refusing it")
+        flow.response = None
+        try:
+            self._refuse(flow, Reason.INTERNAL_ERROR, self._skills.get(flow.client_conn),
+                         _flow_dest(flow), kind, new_request_id())
+        except Exception:
+            flow.response = http.Response.make(500, b"egress internal error\n")
+
+    # -- hook bodies -----------------------------------------------------------------------
+    async def _on_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.runtime is None:
             return
         rid = new_request_id()
@@ -106,7 +146,7 @@ class EgressAddon:
                                                  str(vetted.ip))
         self._audit_allowed(flow, skill, dest, "connect", rid, decision, str(vetted.ip))
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    def _on_clienthello(self, data: tls.ClientHelloData) -> None:
         tunnel = self._tunnels.get(data.context.client)
         data.ignore_connection = True  # passthrough: the skill talks TLS end to end
         if tunnel is None:
@@ -128,18 +168,16 @@ class EgressAddon:
                 detail=f"TLS SNI {sni!r} differs from CONNECT host" if sni else "no TLS SNI",
             ))
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def _on_request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.runtime is None:
             return
         tunnel = self._tunnels.get(flow.client_conn)
         if tunnel is not None:
             self._tunnel_request(flow, tunnel)
             return
+        # Plain HTTP. mitmproxy has already turned an absolute-form URI into host/port (and
+        # taken an origin-form request's destination from its Host header).
         rid = new_request_id()
-        if flow.request.first_line_format != "absolute":
-            # An origin-form request with no approved tunnel is not a proxy request.
-            self._refuse(flow, Reason.BAD_REQUEST, None, _flow_dest(flow), "http", rid)
-            return
         skill = self._authenticate(flow, "http", rid)
         if skill is None:
             return
@@ -156,7 +194,7 @@ class EgressAddon:
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def _on_server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
         if self.runtime is None:
             data.server.error = "egress: not configured"
@@ -251,7 +289,7 @@ class EgressAddon:
         rule = decision.rule if decision is not None else None
         reply = refusal(reason, skill=skill, host=dest.host, port=dest.port, request_id=rid,
                         policy_source=str(rule.source) if rule is not None else None)
-        flow.response = http.Response.make(reply.status, reply.body, list(reply.headers))
+        flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
         self.runtime.record(self._record(flow, "deny", reason, skill, dest, kind, rid, decision,
                                          detail=detail))
 

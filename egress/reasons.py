@@ -30,6 +30,7 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     NO_POLICY = "no_policy"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    INTERNAL_ERROR = "internal_error"
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
@@ -63,6 +64,7 @@ _WHY: dict[Reason, str] = {
     Reason.RATE_LIMITED: "The skill exceeded its request rate or connection limit.",
     Reason.NO_POLICY: "egress has no valid policy loaded, so every request is refused.",
     Reason.UPSTREAM_UNREACHABLE: "egress could not connect to the destination.",
+    Reason.INTERNAL_ERROR: "egress hit an internal error and refused the request to stay safe.",
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -72,6 +74,7 @@ _WHAT_TO_DO: dict[Reason, str] = {
     Reason.UPSTREAM_UNREACHABLE: "The destination may be down; retrying later may help.",
     Reason.CREDENTIAL_UNAVAILABLE: "Retrying later may help; the operator has been told.",
     Reason.RATE_LIMITED: "Slow down and retry later.",
+    Reason.INTERNAL_ERROR: "Retrying may help; the operator can find the error in egress's log.",
 }
 
 _DEFAULT_TO_DO = (

@@ -22,6 +22,7 @@ _STATUS: dict[Reason, int] = {
     Reason.NO_POLICY: 503,
     Reason.RATE_LIMITED: 429,
     Reason.BAD_REQUEST: 400,
+    Reason.INTERNAL_ERROR: 500,
 }
 
 

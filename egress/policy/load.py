@@ -147,7 +147,7 @@ class _Builder:
     # -- files ---------------------------------------------------------------------------
     def add_file(self, file: str, text: str) -> None:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = yaml.compose(text, Loader=yaml.CSafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 0
