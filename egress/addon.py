@@ -22,14 +22,17 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import server_hooks
 
 from egress.audit import AuditRecord, new_request_id
+from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.identity import parse_proxy_authorization
+from egress.inject import redact
 from egress.netguard import Blocked, IPAddress, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.match import normalise_host, normalise_path
 from egress.reasons import Reason
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir
+from egress.secrets import Secret
 
 __all__ = ["EgressAddon"]
 
@@ -57,6 +60,11 @@ class EgressAddon:
         self._skills: weakref.WeakKeyDictionary[connection.Client, str] = (
             weakref.WeakKeyDictionary()
         )
+        self._brokerage = Brokerage()
+        # Secrets injected into a flow, kept to redact echoes in its response headers.
+        self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Secret] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -82,6 +90,21 @@ class EgressAddon:
             )
         except PolicyErrors as exc:
             raise OptionsError(f"egress_policies: invalid policy:\n{exc}") from exc
+        self._configure_tls(self.runtime)
+
+    def _configure_tls(self, runtime: Runtime) -> None:
+        from egress.cli.ca import ca_dir, ensure_ca
+
+        updates: dict[str, object] = {}
+        if ctx.options.confdir == "~/.mitmproxy":
+            # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
+            ensure_ca(runtime.data_dir)
+            updates["confdir"] = str(ca_dir(runtime.data_dir))
+        upstream_ca = runtime.policy.settings.upstream_ca
+        if upstream_ca and ctx.options.ssl_verify_upstream_trusted_ca != upstream_ca:
+            updates["ssl_verify_upstream_trusted_ca"] = upstream_ca
+        if updates:
+            ctx.options.update(**updates)
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -148,8 +171,10 @@ class EgressAddon:
 
     def _on_clienthello(self, data: tls.ClientHelloData) -> None:
         tunnel = self._tunnels.get(data.context.client)
-        data.ignore_connection = True  # passthrough: the skill talks TLS end to end
+        # Passthrough (TLS end to end, no extra CA) unless a rule must look inside requests.
+        data.ignore_connection = tunnel is None or not tunnel.decision.intercept
         if tunnel is None:
+            data.ignore_connection = True
             return  # no CONNECT was approved on this connection: server_connect refuses it
         sni = data.client_hello.sni
         if sni is None and parse_ip_literal(tunnel.host) is not None:
@@ -159,6 +184,7 @@ class EgressAddon:
         except ValueError:
             same = False
         if not same:
+            data.ignore_connection = True  # never terminate TLS for a refused tunnel
             tunnel.refused = Reason.HOST_MISMATCH
             assert self.runtime is not None
             self.runtime.record(AuditRecord(
@@ -173,7 +199,7 @@ class EgressAddon:
             return
         tunnel = self._tunnels.get(flow.client_conn)
         if tunnel is not None:
-            self._tunnel_request(flow, tunnel)
+            await self._tunnel_request(flow, tunnel)
             return
         # Plain HTTP. mitmproxy has already turned an absolute-form URI into host/port (and
         # taken an origin-form request's destination from its Host header).
@@ -188,11 +214,33 @@ class EgressAddon:
         if not decision.allowed:
             self._refuse(flow, decision.reason, skill, dest, "http", rid, decision)
             return
+        # Plain HTTP never carries a credential: a key bound here needs TLS, one bound
+        # elsewhere is exfiltration. Checked before DNS: it needs no address.
+        if not await self._broker_credentials(flow, skill, dest, rid, decision, tls=False):
+            return
         vetted = await self._vet(flow, skill, dest, "http", rid, decision)
         if vetted is None:
             return
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
+        flow.request.stream = True  # bodies are never inspected: stream, constant memory
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            if flow.response is None:
+                return
+            secret = self._injected.pop(flow, None)
+            if secret is not None:
+                fields = [(k, v) for k, v in flow.response.headers.items(multi=True)]
+                cleaned = redact(fields, secret.reveal())
+                if cleaned is not None:
+                    flow.response.headers = http.Headers(
+                        [(k.encode(), v.encode()) for k, v in cleaned])
+            # egress never reads bodies: stream every response (SSE arrives event by event).
+            flow.response.stream = True
+        except Exception:
+            log.exception("egress: error handling response headers; dropping the response")
+            flow.kill()
 
     def _on_server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
@@ -216,7 +264,7 @@ class EgressAddon:
             ))
 
     # -- steps ---------------------------------------------------------------------------
-    def _tunnel_request(self, flow: http.HTTPFlow, tunnel: Tunnel) -> Decision | None:
+    async def _tunnel_request(self, flow: http.HTTPFlow, tunnel: Tunnel) -> Decision | None:
         """A request inside an approved tunnel that mitmproxy parsed (plain HTTP or intercepted)."""
         assert self.runtime is not None
         flow.request.headers.pop("Proxy-Authorization", None)
@@ -233,8 +281,43 @@ class EgressAddon:
         if not decision.allowed:
             self._refuse(flow, decision.reason, tunnel.skill, dest, "http", rid, decision)
             return None
-        self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
+        # A credential goes only into a TLS session egress terminated and whose upstream
+        # certificate mitmproxy verifies (ssl_insecure off): never into a plain tunnel.
+        tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
+        if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
+            return None
+        flow.request.stream = True
+        if flow.metadata.get("egress_credential") is None:
+            self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
         return decision
+
+    async def _broker_credentials(self, flow: http.HTTPFlow, skill: str, dest: Destination,
+                                  rid: str, decision: Decision, *, tls: bool) -> bool:
+        """Refuse stray credentials, inject the rule's one. False: the flow was refused."""
+        assert self.runtime is not None
+        skill_policy = self.runtime.policy.skills.get(skill)
+        if skill_policy is None or not skill_policy.credentials:
+            return True
+        fields = [(k, v) for k, v in flow.request.headers.items(multi=True)]
+        outcome = await self._brokerage.prepare(
+            self.runtime.broker, skill_policy, decision.rule, dest, fields,
+            flow.request.path, verified_tls=tls)
+        if isinstance(outcome, Refused):
+            self._refuse(flow, outcome.reason, skill, dest, "http", rid, decision,
+                         detail=outcome.detail)
+            return False
+        if isinstance(outcome, Injected):
+            flow.request.headers = http.Headers(
+                [(k.encode(), v.encode()) for k, v in outcome.fields])
+            self._injected[flow] = outcome.secret
+            flow.metadata["egress_credential"] = outcome.credential
+            if outcome.stale or self.runtime.policy.settings.audit.log_allowed:
+                # A stale key (secret manager down, inside the grace window) is always audited.
+                self.runtime.record(self._record(
+                    flow, str(decision.verdict), decision.reason, skill, dest, "http", rid,
+                    decision, credential=outcome.credential,
+                    detail="stale credential: secret manager unavailable" if outcome.stale else None))
+        return True
 
     def _authenticate(self, flow: http.HTTPFlow, kind: str, rid: str) -> str | None:
         assert self.runtime is not None
@@ -269,7 +352,8 @@ class EgressAddon:
                 self._refuse(flow, Reason.HOST_MISMATCH, skill, Destination(host, flow.request.port),
                              kind, rid, detail=f"Host header {header[:100]!r} differs from URI")
                 return None
-            return Destination(host, flow.request.port, flow.request.method, None)
+            return Destination(host, flow.request.port, flow.request.method,
+                               normalise_path(flow.request.path))
         return Destination(host, flow.request.port)
 
     async def _vet(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
@@ -302,7 +386,8 @@ class EgressAddon:
 
     def _record(self, flow: http.HTTPFlow, verdict: str, reason: Reason, skill: str | None,
                 dest: Destination, kind: str, rid: str, decision: Decision | None,
-                *, detail: str | None = None, resolved: str | None = None) -> AuditRecord:
+                *, detail: str | None = None, resolved: str | None = None,
+                credential: str | None = None) -> AuditRecord:
         assert self.runtime is not None
         req = flow.request
         connect = req.method == "CONNECT"
@@ -314,6 +399,7 @@ class EgressAddon:
             path=None if connect else req.path.split("?", 1)[0][:2048],
             rule=decision.rule.label if decision and decision.rule else None,
             resolved=resolved, policy=self.runtime.policy.digest, detail=detail,
+            credential=credential,
         )
 
 

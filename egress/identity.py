@@ -12,11 +12,11 @@ takes effect on the next request without a restart.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ __all__ = ["TokenInfo", "TokenStore", "parse_proxy_authorization"]
 TOKEN_PREFIX = "egr_"
 _FILE = "tokens.json"
 _DUMMY = hashlib.sha256(b"egress: no such skill").hexdigest()
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_proxy_authorization(value: str | None) -> tuple[str, str] | None:
@@ -41,7 +42,7 @@ def parse_proxy_authorization(value: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII input to b64decode
         return None
     skill, sep, token = decoded.partition(":")
     if not sep or not skill or not token:
@@ -103,7 +104,12 @@ class TokenStore:
             tokens = data["tokens"]
             if not isinstance(tokens, dict):
                 raise TypeError("tokens is not a mapping")
-            return {str(k): dict(v) for k, v in tokens.items()}
+            out = {str(k): dict(v) for k, v in tokens.items()}
+            for skill, entry in out.items():
+                # verify() must never raise: a malformed entry makes the whole store corrupt.
+                if not _SHA256_HEX.fullmatch(str(entry.get("sha256", ""))):
+                    raise TypeError(f"entry {skill!r} has no valid sha256")
+            return out
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -19,6 +19,7 @@ from egress.identity import TokenStore
 from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy
 from egress.policy.load import load_policy_dir
 from egress.policy.model import PolicySet
+from egress.secrets import SecretBroker, SecretSettings, build_broker
 
 __all__ = ["Runtime", "default_data_dir"]
 
@@ -50,6 +51,7 @@ class Runtime:
     audit: AuditWriter
     guard: AddressGuard
     self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
+    broker: SecretBroker
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
 
     @classmethod
@@ -73,6 +75,7 @@ class Runtime:
             policy_dir=Path(policy_dir), data_dir=data, policy=policy,
             tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE),
             guard=guard, self_addresses=self_addresses,
+            broker=build_broker(policy.settings.secrets or SecretSettings()),
         )
 
     def reload_policy(self) -> bool:
@@ -94,6 +97,11 @@ class Runtime:
             )
         else:
             self.guard.replace_networks(_networks(new, self.self_addresses))
+        if new.settings.secrets != self.policy.settings.secrets:
+            # New backends or cache settings: start a fresh broker; the old one's open
+            # sessions are closed by the event loop's task (no I/O here).
+            old_broker, self.broker = self.broker, build_broker(new.settings.secrets or SecretSettings())
+            _close_later(old_broker)
         old, self.policy = self.policy.digest, new
         self.reloads.ok += 1
         self.reloads.last_error = None
@@ -104,6 +112,16 @@ class Runtime:
 
     def record(self, record: AuditRecord) -> None:
         self.audit.write(record)
+
+
+def _close_later(broker: SecretBroker) -> None:
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    loop.create_task(broker.close())
 
 
 def _networks(policy: PolicySet, self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> NetworkPolicy:

@@ -32,6 +32,8 @@ E2E_NAMES = [
 
 @dataclass
 class TestCA:
+    __test__ = False
+
     ca: trustme.CA
     path: str  # PEM of the CA certificate, for clients to trust the upstreams
 

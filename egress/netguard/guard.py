@@ -94,9 +94,10 @@ class AddressGuard:
         except ValueError as exc:
             return Blocked(BLOCKED_ADDRESS, str(exc))
         if literal is not None:
-            label = classify(literal, port, self._networks)
+            networks = self._networks
+            label = classify(literal, port, networks)
             if label is not None:
-                return Blocked(BLOCKED_ADDRESS, describe(literal, port, label), (literal,))
+                return Blocked(BLOCKED_ADDRESS, describe(literal, port, label, networks), (literal,))
             return self._pin(host, port, literal)
 
         try:
@@ -112,7 +113,7 @@ class AddressGuard:
         denied = [(ip, label) for ip in addresses if (label := classify(ip, port, networks)) is not None]
         if denied:
             ip, label = denied[0]
-            detail = f"{host} resolves to {ip}, which is {explain(label, ip, port)}"
+            detail = f"{host} resolves to {ip}, which is {explain(label, ip, port, networks)}"
             if len(denied) < len(addresses):
                 detail += " (one denied address blocks the whole answer)"
             return Blocked(BLOCKED_ADDRESS, detail, tuple(addresses))

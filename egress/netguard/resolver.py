@@ -207,7 +207,7 @@ class DnsResolver:
                 raise ResolveError(host, self._detail(result)) from result
             if result.rrset is not None:
                 ttls.append(result.chaining_result.minimum_ttl)
-                addresses.extend(ipaddress.ip_address(rdata.address) for rdata in result.rrset)
+                addresses.extend(ipaddress.ip_address(rdata.to_text()) for rdata in result.rrset)
         if not addresses:
             raise ResolveError(host, "no A/AAAA records")
         return tuple(dict.fromkeys(addresses)), min(ttls)

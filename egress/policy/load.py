@@ -120,8 +120,12 @@ class _Builder:
         self, file: str, node: yaml.Node, field: str, kind: type[T], what: str
     ) -> T | None:
         if isinstance(node, yaml.ScalarNode):
-            value = _construct(node)
-            if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            try:
+                value = _construct(node)
+            except (yaml.YAMLError, ValueError, TypeError):
+                value = None  # e.g. `!!int abc` or an unknown `!tag`: reported below
+            # bool is an int in Python, but `port: true` is a mistake, not port 1.
+            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
                 return value
         self.error(file, node, field, f"must be {what}")
         return None
@@ -147,7 +151,7 @@ class _Builder:
     # -- files ---------------------------------------------------------------------------
     def add_file(self, file: str, text: str) -> None:
         try:
-            root = yaml.compose(text, Loader=yaml.CSafeLoader)
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 0
@@ -156,6 +160,9 @@ class _Builder:
             return
         if root is None:
             return  # an empty file is allowed (e.g. everything commented out)
+        if not isinstance(root, yaml.MappingNode):
+            self.error(file, root, "file", "must be a mapping with `skills:` and/or `settings:`")
+            return
         top = self.mapping(file, root, "", _TOP_KEYS)
         if top is None:
             return
@@ -256,9 +263,16 @@ class _Builder:
         from egress.secrets.config import SettingsFieldError, parse_secret_settings
 
         try:
-            return parse_secret_settings(_construct(node))
+            raw = _construct(node)
+        except (yaml.YAMLError, ValueError, TypeError):
+            self.error(file, node, "settings.secrets",
+                       "holds a value YAML cannot read; remove any !tag")
+            return None
+        try:
+            return parse_secret_settings(raw)
         except SettingsFieldError as exc:
-            self.error(file, _find(node, exc.field), f"settings.secrets.{exc.field}", exc.message)
+            where = f"settings.secrets.{exc.field}" if exc.field else "settings.secrets"
+            self.error(file, _find(node, exc.field), where, exc.message)
             return None
 
     # -- skills --------------------------------------------------------------------------
@@ -477,13 +491,13 @@ def _parse_nameserver(text: str) -> str:
     host, port = text, "53"
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53"
+        port = rest[1:] if rest.startswith(":") else "53" if not rest else ""
     elif text.count(":") == 1:
         host, port = text.split(":")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: port must be 1-65535")
     return text

@@ -30,10 +30,10 @@ _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 def normalise_host(host: str) -> str:
     """Return the canonical spelling of `host`, or raise ValueError saying what is wrong."""
     text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
     if not text:
         raise ValueError("empty host")
+    # parse_ip_literal takes "[v6]" itself and refuses brackets around anything else
+    # ("[example.com]" is not a host spelling any client should send).
     address = parse_ip_literal(text)
     if address is not None:
         return str(address)
@@ -74,7 +74,7 @@ def parse_host_pattern(text: str) -> HostPattern:
         raise ValueError(
             f"{raw!r}: '*' is only allowed as the whole first label, as in *.example.com"
         )
-    if "/" in body or ":" in body and parse_ip_literal(body.strip("[]")) is None:
+    if "/" in body or ":" in body and not _is_ip_literal(body):
         raise ValueError(
             f"{raw!r} is not a host name; write only the host (ports go in `ports:`, "
             f"paths in `paths:`)"
@@ -84,7 +84,7 @@ def parse_host_pattern(text: str) -> HostPattern:
     except ValueError as exc:
         raise ValueError(f"{raw!r}: {exc}") from None
     if wildcard:
-        if parse_ip_literal(host) is not None:
+        if _is_ip_literal(host):
             raise ValueError(f"{raw!r}: a wildcard cannot cover an IP address")
         if "." not in host:
             raise ValueError(
@@ -92,6 +92,15 @@ def parse_host_pattern(text: str) -> HostPattern:
                 f"e.g. *.example.{host}"
             )
     return HostPattern(host=host, wildcard=wildcard)
+
+
+def _is_ip_literal(text: str) -> bool:
+    # parse_ip_literal raises for strings that are neither an address nor a host name
+    # ("host:443"); for a pattern check those simply are not IP literals.
+    try:
+        return parse_ip_literal(text) is not None
+    except ValueError:
+        return False
 
 
 def parse_path_pattern(text: str) -> str:

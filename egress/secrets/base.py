@@ -182,11 +182,17 @@ _VAULT_EXAMPLE = "e.g. vault:secret/stripe#api_key"
 def _parse_vault(rest: str) -> SecretRef:
     location, hash_, field = rest.partition("#")
     if not hash_ or not field:
-        raise ValueError(f"vault: needs a field after '#': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}")
+        raise ValueError(
+            f"vault: needs a field after '#': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}"
+        )
     if "#" in field:
-        raise ValueError(f"vault: takes one '#FIELD': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}")
+        raise ValueError(
+            f"vault: takes one '#FIELD': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}"
+        )
     if location.startswith("/"):
-        raise ValueError(f"vault: remove the leading '/': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}")
+        raise ValueError(
+            f"vault: remove the leading '/': write vault:MOUNT/PATH#FIELD, {_VAULT_EXAMPLE}"
+        )
     segments = location.split("/")
     if len(segments) < 2:
         raise ValueError(
@@ -195,7 +201,9 @@ def _parse_vault(rest: str) -> SecretRef:
     if any(s == "" for s in segments):
         raise ValueError(f"vault: empty path segment ('//' or a trailing '/'): {_VAULT_EXAMPLE}")
     if any(s in (".", "..") for s in segments):
-        raise ValueError("vault: '.' and '..' are not allowed in the path; name the secret directly")
+        raise ValueError(
+            "vault: '.' and '..' are not allowed in the path; name the secret directly"
+        )
     if any(c.isspace() or c in "?%" for c in location):
         raise ValueError("vault: spaces, '?' and '%' are not allowed in the path")
     return SecretRef("vault", location, field)

@@ -150,7 +150,9 @@ class SecretBroker:
             # A backend broke its contract. Fail closed; name the type only, as the text
             # of an arbitrary exception could quote anything.
             self.stats.failures += 1
-            raise SecretUnavailable(f"{ref}: the {ref.scheme} backend failed ({type(exc).__name__})") from exc
+            raise SecretUnavailable(
+                f"{ref}: the {ref.scheme} backend failed ({type(exc).__name__})"
+            ) from exc
         now = self._clock()
         s = self._settings
         ttl = s.ttl * (1 + s.jitter * (2 * self._rand() - 1))
@@ -167,7 +169,9 @@ class SecretBroker:
                 task.exception()
 
 
-def build_broker(settings: SecretSettings, *, environ: Mapping[str, str] | None = None) -> SecretBroker:
+def build_broker(
+    settings: SecretSettings, *, environ: Mapping[str, str] | None = None
+) -> SecretBroker:
     """A broker with env and file backends, and a Vault backend when settings name one."""
     backends: dict[str, SecretBackend] = {"env": EnvBackend(environ), "file": FileBackend()}
     if settings.vault is not None:

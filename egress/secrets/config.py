@@ -98,25 +98,35 @@ def _parse_vault(raw: object) -> VaultSettings:
     v = _mapping(raw, "vault", "a mapping with 'addr' and 'auth'")
     _no_unknown_keys(v, "vault", ("addr", "auth", "namespace", "timeout", "ca_file"))
     if "addr" not in v:
-        raise SettingsFieldError("vault.addr", "required: the Vault/OpenBao address, e.g. http://127.0.0.1:8200")
+        raise SettingsFieldError(
+            "vault.addr", "required: the Vault/OpenBao address, e.g. http://127.0.0.1:8200"
+        )
     addr = _parse_addr(v["addr"])
     namespace = _optional_str(v, "namespace", "vault.namespace", "a namespace name, e.g. team-a")
-    ca_file = _optional_str(v, "ca_file", "vault.ca_file", "a path to a PEM file of CA certificates")
+    ca_file = _optional_str(
+        v, "ca_file", "vault.ca_file", "a path to a PEM file of CA certificates"
+    )
     if ca_file is not None and not addr.startswith("https://"):
-        raise SettingsFieldError("vault.ca_file", "only applies to an https:// addr; remove it or use https://")
+        raise SettingsFieldError(
+            "vault.ca_file", "only applies to an https:// addr; remove it or use https://"
+        )
     timeout = 5.0
     if "timeout" in v:
-        timeout = _number(v["timeout"], "vault.timeout", "a number of seconds greater than 0, e.g. 5")
+        timeout = _number(
+            v["timeout"], "vault.timeout", "a number of seconds greater than 0, e.g. 5"
+        )
         if timeout <= 0:
-            raise SettingsFieldError("vault.timeout", "must be a number of seconds greater than 0, e.g. 5")
+            raise SettingsFieldError(
+                "vault.timeout", "must be a number of seconds greater than 0, e.g. 5"
+            )
     if "auth" not in v:
         raise SettingsFieldError("vault.auth", _AUTH_CHOICE)
-    return VaultSettings(addr=addr, namespace=namespace, timeout=timeout, ca_file=ca_file, **_parse_auth(v["auth"]))
+    return VaultSettings(
+        addr=addr, namespace=namespace, timeout=timeout, ca_file=ca_file, **_parse_auth(v["auth"])
+    )
 
 
-_AUTH_CHOICE = (
-    "choose one of token_env, token_file or approle, e.g. {token_env: VAULT_TOKEN}"
-)
+_AUTH_CHOICE = "choose one of token_env, token_file or approle, e.g. {token_env: VAULT_TOKEN}"
 
 
 def _parse_addr(raw: object) -> str:
@@ -133,7 +143,9 @@ def _parse_addr(raw: object) -> str:
     if not parts.hostname:
         raise SettingsFieldError("vault.addr", f"needs a host name, {example}")
     if parts.username is not None or parts.password is not None:
-        raise SettingsFieldError("vault.addr", "remove the user:password@ part; log in with vault.auth")
+        raise SettingsFieldError(
+            "vault.addr", "remove the user:password@ part; log in with vault.auth"
+        )
     if parts.query or parts.fragment:
         raise SettingsFieldError("vault.addr", f"remove the '?...' or '#...' part, {example}")
     return raw.rstrip("/")
@@ -153,20 +165,24 @@ def _parse_auth(raw: object) -> dict[str, str | None]:
         raise SettingsFieldError("vault.auth", _AUTH_CHOICE)
     if len(chosen) > 1:
         raise SettingsFieldError(
-            "vault.auth", f"choose only one of token_env, token_file or approle (found: {', '.join(chosen)})"
+            "vault.auth",
+            f"choose only one of token_env, token_file or approle (found: {', '.join(chosen)})",
         )
     if "token_env" in a:
         name = a["token_env"]
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             # The value is not quoted back: it may be the token pasted in the wrong place.
             raise SettingsFieldError(
-                "vault.auth.token_env", "must be the name of an environment variable, e.g. VAULT_TOKEN"
+                "vault.auth.token_env",
+                "must be the name of an environment variable, e.g. VAULT_TOKEN",
             )
         return {"token_env": name}
     if "token_file" in a:
         path = a["token_file"]
         if not isinstance(path, str) or not path:
-            raise SettingsFieldError("vault.auth.token_file", "must be a path to a file holding the token")
+            raise SettingsFieldError(
+                "vault.auth.token_file", "must be a path to a file holding the token"
+            )
         return {"token_file": path}
     return _parse_approle(a["approle"])
 
@@ -193,7 +209,11 @@ def _parse_approle(raw: object) -> dict[str, str | None]:
         raise SettingsFieldError(
             f"{where}.mount", "must be the auth mount path without 'auth/', e.g. approle"
         )
-    return {"approle_role_id": role_id, "approle_secret_id_file": secret_id_file, "approle_mount": mount}
+    return {
+        "approle_role_id": role_id,
+        "approle_secret_id_file": secret_id_file,
+        "approle_mount": mount,
+    }
 
 
 def _parse_cache(raw: object) -> CacheSettings:
@@ -204,15 +224,23 @@ def _parse_cache(raw: object) -> CacheSettings:
     if "ttl" in c:
         ttl = _number(c["ttl"], "cache.ttl", "a number of seconds greater than 0, e.g. 300")
         if ttl <= 0:
-            raise SettingsFieldError("cache.ttl", "must be a number of seconds greater than 0, e.g. 300")
+            raise SettingsFieldError(
+                "cache.ttl", "must be a number of seconds greater than 0, e.g. 300"
+            )
     if "jitter" in c:
-        jitter = _number(c["jitter"], "cache.jitter", "a fraction from 0 up to (not including) 1, e.g. 0.1")
+        jitter = _number(
+            c["jitter"], "cache.jitter", "a fraction from 0 up to (not including) 1, e.g. 0.1"
+        )
         if not 0 <= jitter < 1:
-            raise SettingsFieldError("cache.jitter", "must be a fraction from 0 up to (not including) 1, e.g. 0.1")
+            raise SettingsFieldError(
+                "cache.jitter", "must be a fraction from 0 up to (not including) 1, e.g. 0.1"
+            )
     if "grace" in c:
         grace = _number(c["grace"], "cache.grace", "a number of seconds, 0 or more, e.g. 600")
         if grace < 0:
-            raise SettingsFieldError("cache.grace", "must be a number of seconds, 0 or more, e.g. 600")
+            raise SettingsFieldError(
+                "cache.grace", "must be a number of seconds, 0 or more, e.g. 600"
+            )
     return CacheSettings(ttl=ttl, jitter=jitter, grace=grace)
 
 
@@ -229,7 +257,9 @@ def _no_unknown_keys(m: Mapping[str, object], where: str, known: tuple[str, ...]
     for key in m:
         if key not in known:
             name = f"{where}.{key}" if where else key
-            raise SettingsFieldError(name, f"unknown key; expected one of: {', '.join(sorted(known))}")
+            raise SettingsFieldError(
+                name, f"unknown key; expected one of: {', '.join(sorted(known))}"
+            )
 
 
 def _optional_str(m: Mapping[str, object], key: str, where: str, expected: str) -> str | None:

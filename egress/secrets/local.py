@@ -12,10 +12,10 @@ import os
 import stat
 from collections.abc import Mapping
 
-from egress.errors import SecretNotFound, SecretUnavailable
+from egress.errors import SecretError, SecretNotFound, SecretUnavailable
 from egress.secrets.base import Secret, SecretRef
 
-__all__ = ["EnvBackend", "FileBackend", "MAX_SECRET_FILE_BYTES"]
+__all__ = ["MAX_SECRET_FILE_BYTES", "EnvBackend", "FileBackend", "read_secret_text"]
 
 MAX_SECRET_FILE_BYTES = 64 * 1024
 """A secret file larger than this is refused: it is almost certainly the wrong file."""
@@ -49,20 +49,11 @@ class EnvBackend:
 
 
 class FileBackend:
-    """Reads ``file:/PATH``: UTF-8 text with one trailing newline (LF or CRLF) removed.
-
-    The file is opened non-blocking and must be a regular file, so a FIFO or device named
-    by mistake cannot stall the event loop. Files are small and local, so the read itself
-    runs inline rather than in a thread.
-    """
+    """Reads ``file:/PATH``: UTF-8 text with one trailing newline (LF or CRLF) removed."""
 
     async def fetch(self, ref: SecretRef) -> Secret:
         _expect_scheme(ref, "file")
-        raw = _read_small_file(ref)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SecretUnavailable(f"{ref}: the file is not UTF-8 text") from exc
+        text = read_secret_text(ref.location, str(ref))
         if text.endswith("\r\n"):
             text = text[:-2]
         elif text.endswith("\n"):
@@ -75,23 +66,25 @@ class FileBackend:
         return None
 
 
-def _read_small_file(ref: SecretRef) -> bytes:
+def read_secret_text(path: str, what: str, *, missing: type[SecretError] = SecretNotFound) -> str:
+    """Read a small local UTF-8 file that holds a secret (or a Vault token / secret_id).
+
+    Raises ``missing`` when there is no such regular file, SecretUnavailable when it cannot
+    be read; messages start with ``what``. The file is opened non-blocking and must be a
+    regular file, so a FIFO or device named by mistake cannot stall the event loop; it is
+    small and local, so the read runs inline rather than in a thread.
+    """
     try:
-        fd = os.open(ref.location, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise SecretNotFound(f"{ref}: no such file") from exc
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError as exc:
-        raise SecretUnavailable(f"{ref}: permission denied") from exc
+        raise SecretUnavailable(f"{what}: permission denied") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.ENOENT):
-            raise SecretNotFound(f"{ref}: no such file") from exc
-        raise SecretUnavailable(f"{ref}: cannot open ({errno.errorcode.get(exc.errno or 0, 'error')})") from exc
+            raise missing(f"{what}: no such file") from exc
+        raise SecretUnavailable(f"{what}: cannot open ({_errno_name(exc)})") from exc
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretNotFound(f"{ref}: not a regular file")
-        if info.st_size > MAX_SECRET_FILE_BYTES:
-            raise SecretUnavailable(f"{ref}: larger than {MAX_SECRET_FILE_BYTES} bytes")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise missing(f"{what}: not a regular file")
         chunks: list[bytes] = []
         total = 0
         # Bounded: a file growing while we read cannot keep us here.
@@ -101,10 +94,17 @@ def _read_small_file(ref: SecretRef) -> bytes:
                 break
             chunks.append(chunk)
             total += len(chunk)
-        if total > MAX_SECRET_FILE_BYTES:
-            raise SecretUnavailable(f"{ref}: larger than {MAX_SECRET_FILE_BYTES} bytes")
-        return b"".join(chunks)
     except OSError as exc:
-        raise SecretUnavailable(f"{ref}: cannot read ({errno.errorcode.get(exc.errno or 0, 'error')})") from exc
+        raise SecretUnavailable(f"{what}: cannot read ({_errno_name(exc)})") from exc
     finally:
         os.close(fd)
+    if total > MAX_SECRET_FILE_BYTES:
+        raise SecretUnavailable(f"{what}: larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretUnavailable(f"{what}: the file is not UTF-8 text") from exc
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "error")

@@ -1,8 +1,8 @@
 """``vault:MOUNT/PATH#FIELD`` from OpenBao or HashiCorp Vault (KV version 2) over aiohttp.
 
-Auth, in the order the settings allow exactly one of:
-- token from an environment variable, or from a file (re-read when Vault answers 403, so an
-  operator or agent rotating the file is picked up without a restart);
+Auth is exactly one of:
+- a token from an environment variable, or from a file (re-read when Vault answers 403, so
+  an operator or Vault Agent rotating the file is picked up without a restart);
 - AppRole login with a role_id and a secret_id read from a file at each login.
 
 A background task renews the token (``auth/token/renew-self``) at two thirds of its TTL when
@@ -35,6 +35,7 @@ import yarl
 from egress.errors import SecretError, SecretNotFound, SecretUnavailable
 from egress.secrets.base import Secret, SecretRef
 from egress.secrets.config import VaultSettings
+from egress.secrets.local import read_secret_text
 
 __all__ = ["VaultBackend"]
 
@@ -50,12 +51,9 @@ class _Lease:
     """The token in use and what Vault told us about its lifetime."""
 
     token: Secret
-    ttl: float  # seconds from `obtained`; 0 means it does not expire (or we could not tell)
+    ttl: float  # seconds from `obtained`; 0: does not expire, or Vault did not tell us
     renewable: bool
     obtained: float  # time.monotonic() when ttl was read
-
-    def expires_at(self) -> float:
-        return self.obtained + self.ttl if self.ttl > 0 else float("inf")
 
 
 class VaultBackend:
@@ -77,17 +75,49 @@ class VaultBackend:
         self.logins = 0
         self.renewals = 0
 
-    # -- SecretBackend -------------------------------------------------------------------
-
     async def fetch(self, ref: SecretRef) -> Secret:
-        if ref.scheme != "vault":
-            raise SecretUnavailable(f"{ref}: the vault backend cannot read {ref.scheme}: references")
-        status, body = await self._authorized("GET", _data_path(ref), ref, capability="read")
-        if status == 200:
-            return _field(ref, _kv_data(ref, body))
-        if status == 404:
-            raise SecretNotFound(f"{ref}: {_why_missing(body)}")
-        raise self._unavailable(ref, status)
+        status, body = await self._authorized("GET", ref, capability="read")
+        fields = _current_fields(ref, status, body)
+        value = fields.get(ref.field or "")
+        if value is None:
+            raise SecretNotFound(f"{ref}: no field {ref.field!r} at {ref.location}")
+        if not isinstance(value, str):
+            raise SecretNotFound(f"{ref}: field {ref.field!r} is not a string")
+        if not value:
+            raise SecretNotFound(f"{ref}: field {ref.field!r} is empty")
+        return Secret(value)
+
+    async def write(self, ref: SecretRef, value: str | Secret) -> None:
+        """Set one field of a KV v2 secret, keeping its other fields.
+
+        Reads the current version first and writes with check-and-set on that version, so
+        a concurrent writer makes this fail (SecretUnavailable, "try again") instead of
+        losing their change. The token needs read and create/update on the path.
+        """
+        if ref.field is None:
+            raise SecretUnavailable(f"{ref}: write needs a vault:MOUNT/PATH#FIELD reference")
+        text = value.reveal() if isinstance(value, Secret) else value
+        status, body = await self._authorized("GET", ref, capability="read")
+        try:
+            fields = _current_fields(ref, status, body)
+        except SecretNotFound:
+            fields = {}  # nothing there, or a deleted/destroyed version: start afresh
+        meta = (body.get("data") or {}).get("metadata") if isinstance(body, dict) else None
+        version = meta.get("version", 0) if isinstance(meta, dict) else 0
+        payload = {"options": {"cas": version}, "data": {**fields, ref.field: text}}
+        status, body = await self._authorized("POST", ref, capability="update", body=payload)
+        if status == 400 and "check-and-set" in json.dumps(body):
+            raise SecretUnavailable(f"{ref}: changed by someone else during the write; try again")
+        if status not in (200, 204):
+            raise SecretUnavailable(f"{ref}: vault write failed with HTTP {status}")
+
+    async def ping(self) -> bool:
+        """True when ``sys/health`` says the server is unsealed and serving. Never raises."""
+        try:
+            status, _ = await self._http("GET", "sys/health", None, what="vault health check")
+        except SecretError:
+            return False
+        return status in _HEALTHY
 
     async def close(self) -> None:
         self._closed = True
@@ -101,99 +131,43 @@ class VaultBackend:
             self._session = None
         self._lease = None
 
-    # -- extras ----------------------------------------------------------------------------
-
-    async def write(self, ref: SecretRef, value: str | Secret) -> None:
-        """Set one field of a KV v2 secret, keeping its other fields.
-
-        Reads the current version first and writes with check-and-set on that version, so
-        a concurrent writer makes this fail (SecretUnavailable, "try again") instead of
-        silently losing their change. The token needs read and create/update on the path.
-        """
-        if ref.scheme != "vault" or ref.field is None:
-            raise SecretUnavailable(f"{ref}: write needs a vault:MOUNT/PATH#FIELD reference")
-        text = value.reveal() if isinstance(value, Secret) else value
-        status, body = await self._authorized("GET", _data_path(ref), ref, capability="read")
-        fields: dict[str, Any] = {}
-        if status == 200:
-            data = _kv_data(ref, body)
-            if isinstance(data.get("data"), dict):
-                fields = data["data"]
-            version = _version(data)
-        elif status == 404:
-            # Nothing there, or the current version is deleted/destroyed: start afresh, but
-            # check-and-set against that version number all the same.
-            data = body.get("data") if isinstance(body, dict) else None
-            version = _version(data) if isinstance(data, dict) else 0
-        else:
-            raise self._unavailable(ref, status)
-        payload = {"options": {"cas": version}, "data": {**fields, ref.field: text}}
-        status, body = await self._authorized(
-            "POST", _data_path(ref), ref, capability="update", json_body=payload
-        )
-        if status in (200, 204):
-            return
-        if status == 400 and "check-and-set" in json.dumps(body):
-            raise SecretUnavailable(f"{ref}: changed by someone else during the write; try again")
-        raise self._unavailable(ref, status, action="write")
-
-    async def ping(self) -> bool:
-        """True when ``sys/health`` says the server is unsealed and serving. Never raises."""
-        try:
-            status, _ = await self._http("GET", "sys/health", None, what="vault health check")
-        except SecretError:
-            return False
-        return status in _HEALTHY
-
     # -- requests --------------------------------------------------------------------------
 
     async def _authorized(
-        self,
-        method: str,
-        path: str,
-        ref: SecretRef,
-        *,
-        capability: str,
-        json_body: object = None,
+        self, method: str, ref: SecretRef, *, capability: str, body: object = None
     ) -> tuple[int, Any]:
-        """One request with the current token; on 403, re-authenticate once and retry."""
+        """One KV v2 data request with the current token; on 403 re-authenticate, retry once."""
+        if ref.scheme != "vault":
+            raise SecretUnavailable(f"{ref}: the vault backend cannot read {ref.scheme}: references")
+        path = "/".join(quote(s, safe="") for s in [ref.mount, "data", *ref.path.split("/")])
         lease = await self._current_lease()
-        status, body = await self._http(method, path, lease.token, what=str(ref), json_body=json_body)
-        if status != 403:
-            return status, body
-        fresh = await self._reauthenticate(lease)
-        if fresh is not None:
-            status, body = await self._http(method, path, fresh.token, what=str(ref), json_body=json_body)
+        status, answer = await self._http(method, path, lease.token, what=str(ref), body=body)
+        if status == 403:
+            fresh = await self._reauthenticate(lease)
+            if fresh is not None:
+                status, answer = await self._http(method, path, fresh.token, what=str(ref), body=body)
         if status == 403:
             raise SecretUnavailable(
                 f"{ref}: vault refused access (403): the token may be expired or revoked, "
                 f"or its policy does not allow {capability} on {path}"
             )
-        return status, body
+        return status, answer
 
     async def _http(
-        self,
-        method: str,
-        path: str,
-        token: Secret | None,
-        *,
-        what: str,
-        json_body: object = None,
+        self, method: str, path: str, token: Secret | None, *, what: str, body: object = None
     ) -> tuple[int, Any]:
-        """Send one request; return (status, parsed JSON or None). Transport errors -> Unavailable."""
+        """One request to /v1/PATH: (status, JSON or None). Transport errors -> Unavailable."""
         if self._closed:
             raise SecretUnavailable(f"{what}: the vault backend is closed")
         session = self._get_session(what)
-        headers = {}
-        if token is not None:
-            headers["X-Vault-Token"] = token.reveal()
+        headers = {"X-Vault-Token": token.reveal()} if token is not None else {}
         if self._settings.namespace:
             headers["X-Vault-Namespace"] = self._settings.namespace
         url = yarl.URL(self._base + path, encoded=True)
         addr = self._settings.addr
         try:
             async with session.request(
-                method, url, headers=headers, json=json_body, allow_redirects=False
+                method, url, headers=headers, json=body, allow_redirects=False
             ) as resp:
                 raw = await resp.content.read(_MAX_BODY + 1)
                 status = resp.status
@@ -204,16 +178,14 @@ class VaultBackend:
         except aiohttp.ClientConnectionError as exc:
             raise SecretUnavailable(f"{what}: cannot connect to vault at {addr}") from exc
         except aiohttp.ClientError as exc:
-            raise SecretUnavailable(f"{what}: request to vault at {addr} failed ({type(exc).__name__})") from exc
+            name = type(exc).__name__
+            raise SecretUnavailable(f"{what}: request to vault at {addr} failed ({name})") from exc
         if len(raw) > _MAX_BODY:
             raise SecretUnavailable(f"{what}: vault at {addr} sent an oversized answer")
-        if not raw:
-            return status, None
         try:
-            return status, json.loads(raw)
+            return status, json.loads(raw) if raw else None
         except ValueError:
-            # A proxy's HTML error page, say. Callers treat a None body as "not Vault".
-            return status, None
+            return status, None  # a proxy's HTML error page, say: callers see "no body"
 
     def _get_session(self, what: str) -> aiohttp.ClientSession:
         if self._session is None:
@@ -229,20 +201,15 @@ class VaultBackend:
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx),
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
                 cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,  # egress is the proxy: never route Vault calls via HTTP(S)_PROXY
+                trust_env=False,  # egress is the proxy: never send Vault calls via HTTP(S)_PROXY
             )
         return self._session
-
-    def _unavailable(self, ref: SecretRef, status: int, *, action: str = "read") -> SecretUnavailable:
-        hint = " (sealed or in maintenance)" if status == 503 else ""
-        return SecretUnavailable(f"{ref}: vault {action} failed with HTTP {status}{hint}")
 
     # -- authentication --------------------------------------------------------------------
 
     async def _current_lease(self) -> _Lease:
-        lease = self._lease
-        if lease is not None:
-            return lease
+        if self._lease is not None:
+            return self._lease
         async with self._auth_lock:
             if self._lease is None:
                 self._lease = await self._authenticate()
@@ -266,40 +233,31 @@ class VaultBackend:
         s = self._settings
         if s.approle_role_id is not None:
             lease = await self._approle_login()
+        elif s.token_file is not None:
+            where = f"vault.auth.token_file {s.token_file}"
+            token = read_secret_text(s.token_file, where, missing=SecretUnavailable).strip()
+            if not token:
+                raise SecretUnavailable(f"{where}: the file is empty")
+            lease = await self._describe(Secret(token))
         else:
-            lease = await self._describe(self._static_token())
+            token = self._environ.get(s.token_env or "", "").strip()
+            if not token:
+                raise SecretUnavailable(
+                    f"vault.auth.token_env: environment variable {s.token_env} is not set"
+                )
+            lease = await self._describe(Secret(token))
         self.logins += 1
-        log.info(
-            "vault: authenticated to %s (%s, ttl %ss, renewable %s)",
-            s.addr, self._auth_kind(), f"{lease.ttl:g}" if lease.ttl else "none", lease.renewable,
-        )
+        ttl = f"{lease.ttl:g}s" if lease.ttl else "none"
+        log.info("vault: authenticated to %s (ttl %s, renewable %s)", s.addr, ttl, lease.renewable)
         return lease
-
-    def _auth_kind(self) -> str:
-        s = self._settings
-        if s.approle_role_id is not None:
-            return f"approle at auth/{s.approle_mount}"
-        if s.token_file is not None:
-            return f"token from file {s.token_file}"
-        return f"token from environment variable {s.token_env}"
-
-    def _static_token(self) -> Secret:
-        s = self._settings
-        if s.token_file is not None:
-            text = _read_credential_file(s.token_file, "vault.auth.token_file")
-            return Secret(text)
-        if s.token_env is None:
-            raise SecretUnavailable("vault.auth: no token_env, token_file or approle configured")
-        value = self._environ.get(s.token_env, "").strip()
-        if not value:
-            raise SecretUnavailable(f"vault.auth.token_env: environment variable {s.token_env} is not set")
-        return Secret(value)
 
     async def _describe(self, token: Secret) -> _Lease:
         """Learn a static token's TTL so it can be renewed. Best effort: a token without the
         lookup-self capability still works, it just is not renewed."""
         now = time.monotonic()
-        status, body = await self._http("GET", "auth/token/lookup-self", token, what="vault token lookup")
+        status, body = await self._http(
+            "GET", "auth/token/lookup-self", token, what="vault token lookup"
+        )
         data = body.get("data") if status == 200 and isinstance(body, dict) else None
         if not isinstance(data, dict):
             return _Lease(token, 0.0, False, now)
@@ -308,15 +266,12 @@ class VaultBackend:
     async def _approle_login(self) -> _Lease:
         s = self._settings
         assert s.approle_role_id is not None and s.approle_secret_id_file is not None
-        secret_id = _read_credential_file(s.approle_secret_id_file, "vault.auth.approle.secret_id_file")
+        where = f"vault.auth.approle.secret_id_file {s.approle_secret_id_file}"
+        secret_id = read_secret_text(s.approle_secret_id_file, where, missing=SecretUnavailable)
         now = time.monotonic()
-        status, body = await self._http(
-            "POST",
-            f"auth/{s.approle_mount}/login",
-            None,
-            what="vault approle login",
-            json_body={"role_id": s.approle_role_id, "secret_id": secret_id},
-        )
+        login = {"role_id": s.approle_role_id, "secret_id": secret_id.strip()}
+        path = f"auth/{s.approle_mount}/login"
+        status, body = await self._http("POST", path, None, what="vault approle login", body=login)
         if status in (400, 403):
             raise SecretUnavailable(
                 f"vault approle login refused (HTTP {status}): check role_id and the secret_id "
@@ -325,8 +280,8 @@ class VaultBackend:
         auth = body.get("auth") if status == 200 and isinstance(body, dict) else None
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
             raise SecretUnavailable(f"vault approle login failed with HTTP {status}")
-        return _Lease(Secret(auth["client_token"]), _seconds(auth.get("lease_duration")),
-                      auth.get("renewable") is True, now)
+        ttl = _seconds(auth.get("lease_duration"))
+        return _Lease(Secret(auth["client_token"]), ttl, auth.get("renewable") is True, now)
 
     # -- renewal ---------------------------------------------------------------------------
 
@@ -340,8 +295,8 @@ class VaultBackend:
     async def _renew_loop(self) -> None:
         """Keep the token alive: renew (or, for AppRole, log in again) at 2/3 of its TTL.
 
-        Ends when the token does not expire, cannot be renewed and cannot be replaced, or
-        has expired; the 403 path in requests then takes over.
+        Ends when the token does not expire, cannot be renewed or replaced, or has expired;
+        the 403 path in requests takes over from there.
         """
         approle = self._settings.approle_role_id is not None
         retry_at: float | None = None
@@ -357,95 +312,50 @@ class VaultBackend:
                         self._lease = await self._refreshed(lease, approle)
                 retry_at = None
             except SecretError as exc:
-                remaining = lease.expires_at() - time.monotonic()
                 log.warning("vault: token renewal failed: %s", exc)
+                remaining = lease.obtained + lease.ttl - time.monotonic()
                 if remaining <= 0:
                     return
                 retry_at = time.monotonic() + min(5.0, remaining / 3)
 
     async def _refreshed(self, lease: _Lease, approle: bool) -> _Lease:
+        """The lease renewed or, for AppRole, a new login when renewal fails or is cut short
+        by the token's max TTL (better replaced now than renewed into expiry)."""
         if lease.renewable:
             now = time.monotonic()
-            status, body = await self._http("POST", "auth/token/renew-self", lease.token,
-                                            what="vault token renewal", json_body={})
+            status, body = await self._http(
+                "POST", "auth/token/renew-self", lease.token, what="vault token renewal", body={}
+            )
             auth = body.get("auth") if status == 200 and isinstance(body, dict) else None
-            if isinstance(auth, dict):
-                ttl = _seconds(auth.get("lease_duration"))
-                # A renewal cut short by the token's max TTL: an AppRole token is better
-                # replaced now than renewed into expiry.
-                if not (approle and ttl < lease.ttl / 2):
-                    self.renewals += 1
-                    return _Lease(lease.token, ttl, auth.get("renewable") is True, now)
-            elif not approle:
-                raise SecretUnavailable(f"vault token renewal failed with HTTP {status}")
+            ttl = _seconds(auth.get("lease_duration")) if isinstance(auth, dict) else 0.0
+            if isinstance(auth, dict) and ttl > 0 and not (approle and ttl < lease.ttl / 2):
+                self.renewals += 1
+                return _Lease(lease.token, ttl, auth.get("renewable") is True, now)
         if approle:
-            fresh = await self._authenticate()
-            return fresh
-        raise SecretUnavailable("vault token is not renewable")
+            return await self._authenticate()
+        raise SecretUnavailable("vault token renewal refused, or the token reached its max TTL")
 
 
-def _data_path(ref: SecretRef) -> str:
-    segments = ref.path.split("/")
-    return "/".join([quote(ref.mount, safe=""), "data", *(quote(s, safe="") for s in segments)])
-
-
-def _kv_data(ref: SecretRef, body: Any) -> dict[str, Any]:
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise SecretUnavailable(f"{ref}: vault's answer is not a KV version 2 read; is {ref.mount}/ a KV v2 mount?")
-    meta = data.get("metadata")
-    if isinstance(meta, dict) and (meta.get("destroyed") is True or meta.get("deletion_time")):
-        raise SecretNotFound(f"{ref}: {_why_missing(body)}")
-    return data
-
-
-def _field(ref: SecretRef, data: dict[str, Any]) -> Secret:
-    fields = data.get("data")
-    if not isinstance(fields, dict):
-        raise SecretNotFound(f"{ref}: no secret data at {ref.location}")
-    if ref.field not in fields:
-        raise SecretNotFound(f"{ref}: no field {ref.field!r} at {ref.location}")
-    value = fields[ref.field]
-    if not isinstance(value, str):
-        raise SecretNotFound(f"{ref}: field {ref.field!r} is not a string")
-    if value == "":
-        raise SecretNotFound(f"{ref}: field {ref.field!r} is empty")
-    return Secret(value)
-
-
-def _why_missing(body: Any) -> str:
+def _current_fields(ref: SecretRef, status: int, body: Any) -> dict[str, Any]:
+    """The fields of the current version from a KV v2 read answer, or the matching error."""
     data = body.get("data") if isinstance(body, dict) else None
     meta = data.get("metadata") if isinstance(data, dict) else None
-    if isinstance(meta, dict):
-        if meta.get("destroyed") is True:
-            return f"version {meta.get('version')} is destroyed"
-        if meta.get("deletion_time"):
-            return f"version {meta.get('version')} is deleted"
-    return "no secret at this path"
-
-
-def _version(data: dict[str, Any]) -> int:
-    meta = data.get("metadata")
-    version = meta.get("version") if isinstance(meta, dict) else None
-    return version if isinstance(version, int) and not isinstance(version, bool) else 0
+    if isinstance(meta, dict) and meta.get("destroyed") is True:
+        raise SecretNotFound(f"{ref}: version {meta.get('version')} is destroyed")
+    if isinstance(meta, dict) and meta.get("deletion_time"):
+        raise SecretNotFound(f"{ref}: version {meta.get('version')} is deleted")
+    if status == 404:
+        raise SecretNotFound(f"{ref}: no secret at this path")
+    if status != 200:
+        hint = " (sealed or in maintenance)" if status == 503 else ""
+        raise SecretUnavailable(f"{ref}: vault read failed with HTTP {status}{hint}")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+        raise SecretUnavailable(f"{ref}: not a KV version 2 answer; is {ref.mount}/ a KV v2 mount?")
+    fields: dict[str, Any] = data["data"]
+    return fields
 
 
 def _seconds(raw: object) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
         return 0.0
     return float(raw)
-
-
-def _read_credential_file(path: str, setting: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(_MAX_BODY).strip()
-    except FileNotFoundError as exc:
-        raise SecretUnavailable(f"{setting}: no such file {path}") from exc
-    except PermissionError as exc:
-        raise SecretUnavailable(f"{setting}: permission denied reading {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SecretUnavailable(f"{setting}: cannot read {path} ({type(exc).__name__})") from exc
-    if not text:
-        raise SecretUnavailable(f"{setting}: {path} is empty")
-    return text

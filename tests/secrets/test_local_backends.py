@@ -17,13 +17,24 @@ from egress.secrets.local import MAX_SECRET_FILE_BYTES
     "environ, name, outcome",
     [
         pytest.param({"STRIPE": "sk_1"}, "STRIPE", "sk_1", id="set variable is returned"),
-        pytest.param({}, "STRIPE", SecretNotFound("env:STRIPE: environment variable STRIPE is not set"),
-                     id="unset variable is not found"),
-        pytest.param({"STRIPE": ""}, "STRIPE", SecretNotFound("env:STRIPE: environment variable STRIPE is empty"),
-                     id="empty variable is not found"),
-        pytest.param({"stripe": "x"}, "STRIPE",
-                     SecretNotFound("env:STRIPE: environment variable STRIPE is not set"),
-                     id="names are case-sensitive"),
+        pytest.param(
+            {},
+            "STRIPE",
+            SecretNotFound("env:STRIPE: environment variable STRIPE is not set"),
+            id="unset variable is not found",
+        ),
+        pytest.param(
+            {"STRIPE": ""},
+            "STRIPE",
+            SecretNotFound("env:STRIPE: environment variable STRIPE is empty"),
+            id="empty variable is not found",
+        ),
+        pytest.param(
+            {"stripe": "x"},
+            "STRIPE",
+            SecretNotFound("env:STRIPE: environment variable STRIPE is not set"),
+            id="names are case-sensitive",
+        ),
     ],
 )
 async def test_env_backend(environ: dict[str, str], name: str, outcome: str | SecretError) -> None:
@@ -47,9 +58,13 @@ async def test_env_backend_reads_the_mapping_on_every_fetch() -> None:
     assert (await backend.fetch(ref)).reveal() == "two"
 
 
-async def test_env_backend_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_backend_defaults_to_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("EGRESS_TEST_SECRET_ENV", "from-os-environ")
-    assert (await EnvBackend().fetch(parse_secret_ref("env:EGRESS_TEST_SECRET_ENV"))).reveal() == "from-os-environ"
+    assert (
+        await EnvBackend().fetch(parse_secret_ref("env:EGRESS_TEST_SECRET_ENV"))
+    ).reveal() == "from-os-environ"
 
 
 async def test_backends_refuse_other_schemes() -> None:
@@ -78,19 +93,41 @@ async def test_file_backend_contents(tmp_path: Path, content: bytes, expected: s
 @pytest.mark.parametrize(
     "setup, error, message",
     [
-        pytest.param(lambda p: None, SecretNotFound, "no such file", id="missing file is not found"),
-        pytest.param(lambda p: p.write_bytes(b"\n"), SecretNotFound, "the file is empty",
-                     id="file with only a newline is not found"),
-        pytest.param(lambda p: p.mkdir(), SecretNotFound, "not a regular file", id="directory is not found"),
-        pytest.param(lambda p: os.mkfifo(p), SecretNotFound, "not a regular file",
-                     id="fifo is refused without blocking"),
-        pytest.param(lambda p: p.write_bytes(b"\xff\xfe\n"), SecretUnavailable, "the file is not UTF-8 text",
-                     id="binary file is unavailable"),
-        pytest.param(lambda p: p.write_bytes(b"x" * (MAX_SECRET_FILE_BYTES + 1)), SecretUnavailable,
-                     f"larger than {MAX_SECRET_FILE_BYTES} bytes", id="oversized file is unavailable"),
+        pytest.param(
+            lambda p: None, SecretNotFound, "no such file", id="missing file is not found"
+        ),
+        pytest.param(
+            lambda p: p.write_bytes(b"\n"),
+            SecretNotFound,
+            "the file is empty",
+            id="file with only a newline is not found",
+        ),
+        pytest.param(
+            lambda p: p.mkdir(), SecretNotFound, "not a regular file", id="directory is not found"
+        ),
+        pytest.param(
+            lambda p: os.mkfifo(p),
+            SecretNotFound,
+            "not a regular file",
+            id="fifo is refused without blocking",
+        ),
+        pytest.param(
+            lambda p: p.write_bytes(b"\xff\xfe\n"),
+            SecretUnavailable,
+            "the file is not UTF-8 text",
+            id="binary file is unavailable",
+        ),
+        pytest.param(
+            lambda p: p.write_bytes(b"x" * (MAX_SECRET_FILE_BYTES + 1)),
+            SecretUnavailable,
+            f"larger than {MAX_SECRET_FILE_BYTES} bytes",
+            id="oversized file is unavailable",
+        ),
     ],
 )
-async def test_file_backend_errors(tmp_path: Path, setup: object, error: type[SecretError], message: str) -> None:
+async def test_file_backend_errors(
+    tmp_path: Path, setup: object, error: type[SecretError], message: str
+) -> None:
     path = tmp_path / "secret"
     assert callable(setup)
     setup(path)

@@ -25,7 +25,7 @@ REDACTED = "Secret('****')"
         pytest.param(lambda s: f"{s:>40}", id="format spec is ignored, still redacted"),
         pytest.param(lambda s: "%s" % s, id="percent-s is redacted"),
         pytest.param(lambda s: "%r" % (s,), id="percent-r is redacted"),
-        pytest.param(lambda s: "{}".format(s), id="str.format is redacted"),
+        pytest.param(lambda s: f"{s}", id="str.format is redacted"),
         pytest.param(lambda s: repr([s, {"k": s}]), id="inside containers is redacted"),
     ],
 )

@@ -1,0 +1,1 @@
+"""Tests for egress.secrets: secret values, references, settings, backends, the broker."""
