@@ -29,6 +29,7 @@ from egress.inject import redact
 from egress.netguard import Blocked, IPAddress, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.match import normalise_host, normalise_path
+from egress.protocol_audit import ProtocolErrorAudit
 from egress.reasons import Reason
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir
@@ -61,6 +62,7 @@ class EgressAddon:
             weakref.WeakKeyDictionary()
         )
         self._brokerage = Brokerage()
+        self._protocol_audit: ProtocolErrorAudit | None = None
         # Secrets injected into a flow, kept to redact echoes in its response headers.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Secret] = (
             weakref.WeakKeyDictionary()
@@ -105,6 +107,18 @@ class EgressAddon:
             updates["ssl_verify_upstream_trusted_ca"] = upstream_ca
         if updates:
             ctx.options.update(**updates)
+
+    def running(self) -> None:
+        if self._protocol_audit is None and self.runtime is not None:
+            runtime = self.runtime
+            self._protocol_audit = ProtocolErrorAudit(lambda r: runtime.record(r),
+                                                      lambda: runtime.policy.digest)
+            self._protocol_audit.install()
+
+    def done(self) -> None:
+        if self._protocol_audit is not None:
+            self._protocol_audit.uninstall()
+            self._protocol_audit = None
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:

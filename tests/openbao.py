@@ -244,7 +244,7 @@ class OpenBao:
         """Enable AppRole (once), make a role, write its secret_id to a 0600 file."""
         if policies == ("egress-read",):
             self.put_policy("egress-read", READ_POLICY)
-        status, mounts = self.api("GET", "sys/auth")
+        _, mounts = self.api("GET", "sys/auth")
         if f"{mount}/" not in (mounts.get("data") or mounts):
             self.ok("POST", f"sys/auth/{mount}", {"type": "approle"})
         self.ok(

@@ -47,8 +47,12 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen, "--listen")
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(args.log_level.upper())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Loggers pass INFO on even when the operator prints less: egress audits refusals that
+    # mitmproxy only reports as INFO log lines (see egress/protocol_audit.py).
+    logging.basicConfig(level=min(logging.INFO, handler.level), handlers=[handler])
     return asyncio.run(serve(args.policies, data_dir(args), host, port))
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DnsSettings",
     "HostIndex",
     "IPNetwork",
+    "Limits",
     "Mode",
     "NetworkSettings",
     "PolicySet",
@@ -50,6 +51,14 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Rate limits of a skill or of one rule; None means "no limit" for that dimension."""
+
+    requests_per_minute: int | None = None  # CONNECTs plus requests egress sees
+    concurrent_connections: int | None = None  # client connections open at once
+
+
+@dataclass(frozen=True)
 class Rule:
     """One `allow` entry. `host` is either an exact name or `*.suffix` (wildcard=True)."""
 
@@ -60,6 +69,7 @@ class Rule:
     paths: tuple[str, ...] | None  # None: any path
     credential: str | None
     source: Source
+    limits: Limits | None = None  # on top of the skill's limits
 
     @property
     def needs_interception(self) -> bool:
@@ -121,6 +131,7 @@ class SkillPolicy:
     rules: tuple[Rule, ...]
     credentials: Mapping[str, Credential]
     source: Source
+    limits: Limits | None = None
     index: HostIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +155,10 @@ class NetworkSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     log_allowed: bool = False  # also write a line for every allowed connection/request
+    # Rotation of audit.jsonl (renamed to audit.jsonl.1 ... .N; none is ever cut mid-line).
+    max_bytes: int = 100 * 2**20  # rotate before the file would grow past this; 0: never
+    max_files: int = 10  # rotated files kept; older ones are deleted
+    max_age: float | None = None  # seconds; rotate a file whose first line is older
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -121,9 +121,8 @@ def _parse_vault(raw: object) -> VaultSettings:
             )
     if "auth" not in v:
         raise SettingsFieldError("vault.auth", _AUTH_CHOICE)
-    return VaultSettings(
-        addr=addr, namespace=namespace, timeout=timeout, ca_file=ca_file, **_parse_auth(v["auth"])
-    )
+    base = VaultSettings(addr=addr, namespace=namespace, timeout=timeout, ca_file=ca_file)
+    return _parse_auth(v["auth"], base)
 
 
 _AUTH_CHOICE = "choose one of token_env, token_file or approle, e.g. {token_env: VAULT_TOKEN}"
@@ -151,7 +150,7 @@ def _parse_addr(raw: object) -> str:
     return raw.rstrip("/")
 
 
-def _parse_auth(raw: object) -> dict[str, str | None]:
+def _parse_auth(raw: object, base: VaultSettings) -> VaultSettings:
     a = _mapping(raw, "vault.auth", _AUTH_CHOICE)
     if "token" in a:
         raise SettingsFieldError(
@@ -176,24 +175,25 @@ def _parse_auth(raw: object) -> dict[str, str | None]:
                 "vault.auth.token_env",
                 "must be the name of an environment variable, e.g. VAULT_TOKEN",
             )
-        return {"token_env": name}
+        return replace(base, token_env=name)
     if "token_file" in a:
         path = a["token_file"]
         if not isinstance(path, str) or not path:
             raise SettingsFieldError(
                 "vault.auth.token_file", "must be a path to a file holding the token"
             )
-        return {"token_file": path}
-    return _parse_approle(a["approle"])
+        return replace(base, token_file=path)
+    return _parse_approle(a["approle"], base)
 
 
-def _parse_approle(raw: object) -> dict[str, str | None]:
+def _parse_approle(raw: object, base: VaultSettings) -> VaultSettings:
     where = "vault.auth.approle"
     ap = _mapping(raw, where, "a mapping with role_id and secret_id_file")
     if "secret_id" in ap:
         raise SettingsFieldError(
             f"{where}.secret_id",
-            "secret ids do not belong in policy files: put it in a file and name it with secret_id_file",
+            "secret ids do not belong in policy files: "
+            "put it in a file and name it with secret_id_file",
         )
     _no_unknown_keys(ap, where, ("role_id", "secret_id_file", "mount"))
     role_id = ap.get("role_id")
@@ -209,11 +209,9 @@ def _parse_approle(raw: object) -> dict[str, str | None]:
         raise SettingsFieldError(
             f"{where}.mount", "must be the auth mount path without 'auth/', e.g. approle"
         )
-    return {
-        "approle_role_id": role_id,
-        "approle_secret_id_file": secret_id_file,
-        "approle_mount": mount,
-    }
+    return replace(
+        base, approle_role_id=role_id, approle_secret_id_file=secret_id_file, approle_mount=mount
+    )
 
 
 def _parse_cache(raw: object) -> CacheSettings:

@@ -63,7 +63,9 @@ class VaultBackend:
     metrics and tests). ``write`` stores one field; ``ping`` checks ``sys/health``.
     """
 
-    def __init__(self, settings: VaultSettings, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: VaultSettings, *, environ: Mapping[str, str] | None = None
+    ) -> None:
         self._settings = settings
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._base = settings.addr.rstrip("/") + "/v1/"
@@ -102,7 +104,8 @@ class VaultBackend:
             fields = _current_fields(ref, status, body)
         except SecretNotFound:
             fields = {}  # nothing there, or a deleted/destroyed version: start afresh
-        meta = (body.get("data") or {}).get("metadata") if isinstance(body, dict) else None
+        data = body.get("data") if isinstance(body, dict) else None
+        meta = data.get("metadata") if isinstance(data, dict) else None
         version = meta.get("version", 0) if isinstance(meta, dict) else 0
         payload = {"options": {"cas": version}, "data": {**fields, ref.field: text}}
         status, body = await self._authorized("POST", ref, capability="update", body=payload)
@@ -138,14 +141,18 @@ class VaultBackend:
     ) -> tuple[int, Any]:
         """One KV v2 data request with the current token; on 403 re-authenticate, retry once."""
         if ref.scheme != "vault":
-            raise SecretUnavailable(f"{ref}: the vault backend cannot read {ref.scheme}: references")
+            raise SecretUnavailable(
+                f"{ref}: the vault backend cannot read {ref.scheme}: references"
+            )
         path = "/".join(quote(s, safe="") for s in [ref.mount, "data", *ref.path.split("/")])
         lease = await self._current_lease()
         status, answer = await self._http(method, path, lease.token, what=str(ref), body=body)
         if status == 403:
             fresh = await self._reauthenticate(lease)
             if fresh is not None:
-                status, answer = await self._http(method, path, fresh.token, what=str(ref), body=body)
+                status, answer = await self._http(
+                    method, path, fresh.token, what=str(ref), body=body
+                )
         if status == 403:
             raise SecretUnavailable(
                 f"{ref}: vault refused access (403): the token may be expired or revoked, "
@@ -169,8 +176,12 @@ class VaultBackend:
             async with session.request(
                 method, url, headers=headers, json=body, allow_redirects=False
             ) as resp:
-                raw = await resp.content.read(_MAX_BODY + 1)
-                status = resp.status
+                status, raw = resp.status, bytearray()
+                while len(raw) <= _MAX_BODY:  # bounded by size: read() may return less
+                    chunk = await resp.content.read(_MAX_BODY + 1 - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
         except TimeoutError as exc:
             raise SecretUnavailable(
                 f"{what}: vault at {addr} did not answer within {self._settings.timeout:g}s"

@@ -209,6 +209,23 @@ def test_malformed_requests_are_refused_and_proxy_keeps_serving(world: World, da
     assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert world.proxy.alive()
     assert https(world, "alpha", "api.allowed.test").status_code == 200
+    # Refused and audited, whether mitmproxy's parser or egress refused it.
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 407", b"HTTP/1.1 403")), answer[:100]
+
+
+def test_unparsable_requests_are_audited_without_their_bytes(world: World) -> None:
+    with socket.create_connection(world.proxy_addr, timeout=10) as s:
+        s.sendall(b"\x00\xffGET http://x/?token=SECRET123 garbage\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 5
+    records: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not records:
+        records = [r for r in world.proxy.audit() if r["reason"] == "bad_request"]
+        time.sleep(0.05)
+    assert records and records[-1]["decision"] == "deny"
+    assert str(records[-1]["detail"]).startswith("unparsable request: Bad HTTP request line")
+    assert "SECRET123" not in world.proxy.audit_path.read_text()
 
 
 def test_half_open_connection_does_not_block_others(world: World) -> None:

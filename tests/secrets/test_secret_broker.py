@@ -266,7 +266,8 @@ async def test_unconfigured_scheme_fails_closed(clock: ManualClock) -> None:
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(REF)
     assert str(info.value) == (
-        "vault:secret/skills/stripe#api_key: no vault backend is configured; add settings.secrets.vault"
+        "vault:secret/skills/stripe#api_key: no vault backend is configured; "
+        "add settings.secrets.vault"
     )
     await broker.close()
 

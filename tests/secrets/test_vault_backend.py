@@ -143,7 +143,7 @@ async def test_token_without_a_policy_for_the_path_is_refused(
         pytest.param(
             lambda b, p: VaultSettings(addr=b.addr, token_file=str(p / "missing")),
             {},
-            "vault.auth.token_file: no such file {tmp}/missing",
+            "vault.auth.token_file {tmp}/missing: no such file",
             id="token file missing",
         ),
         pytest.param(
@@ -332,7 +332,8 @@ async def test_sealed_server_is_unavailable(bao: OpenBao, make_vault: MakeVault)
     with pytest.raises(SecretUnavailable) as info:
         await vault.fetch(REF)
     assert str(info.value) == (
-        "vault:secret/skills/stripe#api_key: vault read failed with HTTP 503 (sealed or in maintenance)"
+        "vault:secret/skills/stripe#api_key: "
+        "vault read failed with HTTP 503 (sealed or in maintenance)"
     )
     assert await vault.ping() is False
 

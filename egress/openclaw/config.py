@@ -1,0 +1,203 @@
+"""`openclaw.json`: find it, read it (JSON5), and rewrite it with keys replaced.
+
+The rewrite is textual: each key is replaced by its placeholder wherever it appears in the
+file (string values, and comments too), so the operator's comments, order and layout stay
+as they were. The result is parsed again and must equal the original with the same
+replacements applied, and must contain no key; if a key was written with escapes (so the
+text does not contain it literally), the file is re-serialised instead and comments are lost
+(the summary says so).
+
+Errors never quote the file's text: it is full of keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import json5
+
+from egress.errors import ConfigError
+
+__all__ = [
+    "BACKUP_SUFFIX",
+    "Rewrite",
+    "default_config_path",
+    "default_skill_roots",
+    "parse_config",
+    "read_config",
+    "rewrite_config_text",
+    "save_backup",
+    "write_atomically",
+]
+
+BACKUP_SUFFIX = ".egress-backup"
+MAX_CONFIG = 16 * 1024 * 1024
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where OpenClaw reads its config: $OPENCLAW_CONFIG_PATH, else the state directory's
+    openclaw.json ($OPENCLAW_STATE_DIR, else ~/.openclaw)."""
+    env = os.environ if environ is None else environ
+    if env.get("OPENCLAW_CONFIG_PATH"):
+        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
+    state = env.get("OPENCLAW_STATE_DIR")
+    return (Path(state).expanduser() if state else Path("~/.openclaw").expanduser()) / "openclaw.json"
+
+
+def read_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """The config's text and its parsed content. Raises ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no OpenClaw config here; pass --config PATH") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_CONFIG:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG} bytes; is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return text, parse_config(text, str(path))
+
+
+_POSITION = re.compile(r":(\d+)")
+
+
+def parse_config(text: str, name: str) -> dict[str, Any]:
+    """Parse JSON5 text into a dict. Raises ConfigError with a line number, never the text."""
+    try:
+        data = json5.loads(text)
+    except ValueError as exc:
+        # json5 names the offending character; keep only the line (the text may be a key).
+        line = _POSITION.search(str(exc))
+        where = f" near line {line.group(1)}" if line else ""
+        raise ConfigError(f"{name}: not valid JSON5{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: the top level must be an object {{...}}")
+    return data
+
+
+def default_skill_roots(config_path: Path, config: Mapping[str, Any]) -> list[Path]:
+    """Skill folders OpenClaw loads, highest precedence first: the workspace's `skills` and
+    `.agents/skills`, the state directory's `skills`, then `skills.load.extraDirs`."""
+    state = config_path.parent
+    workspace = _dig(config, "agents", "defaults", "workspace")
+    ws = _path(workspace, state) if isinstance(workspace, str) else state / "workspace"
+    roots = [ws / "skills", ws / ".agents" / "skills", state / "skills"]
+    extra = _dig(config, "skills", "load", "extraDirs")
+    if isinstance(extra, list):
+        roots.extend(_path(d, state) for d in extra if isinstance(d, str) and d)
+    return roots
+
+
+def _path(text: str, base: Path) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _dig(data: Mapping[str, Any], *keys: str) -> Any:
+    node: Any = data
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    text: str
+    kept_layout: bool  # False: re-serialised, comments and layout are gone
+
+
+def rewrite_config_text(text: str, replacements: Mapping[str, str], name: str) -> Rewrite:
+    """Replace every key (mapping key) by its placeholder (value) in a JSON5 config text."""
+    original = parse_config(text, name)
+    expected = _replace_all(original, replacements)
+    # Longest first, so a key that contains another key is replaced whole.
+    new = text
+    for key in sorted(replacements, key=len, reverse=True):
+        new = new.replace(key, replacements[key])
+    if _clean(new, replacements) and parse_config(new, name) == expected:
+        return Rewrite(new, kept_layout=True)
+    fallback = json5.dumps(expected, indent=2, ensure_ascii=False) + "\n"
+    if not _clean(fallback, replacements) or parse_config(fallback, name) != expected:
+        raise ConfigError(f"{name}: could not write a copy without keys; nothing was changed")
+    return Rewrite(fallback, kept_layout=False)
+
+
+def _clean(text: str, replacements: Mapping[str, str]) -> bool:
+    return not any(key in text for key in replacements)
+
+
+def _replace_all(node: Any, replacements: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        for key in sorted(replacements, key=len, reverse=True):
+            node = node.replace(key, replacements[key])
+        return node
+    if isinstance(node, dict):
+        return {_replace_all(k, replacements): _replace_all(v, replacements)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_all(v, replacements) for v in node]
+    return node
+
+
+def save_backup(path: Path, original: bytes, mode: int) -> Path | None:
+    """Keep `original` (the config before the first rewrite) next to it, with its mode.
+
+    The first backup is PATH.egress-backup and is never overwritten: it holds the keys as
+    they were. A later import that has new keys to move keeps that version as
+    PATH.egress-backup.2, .3, ... Returns the backup written, or None when an existing
+    backup already holds exactly `original`.
+    """
+    candidates = [path.with_name(path.name + BACKUP_SUFFIX)]
+    candidates += [path.with_name(f"{path.name}{BACKUP_SUFFIX}.{n}") for n in range(2, 1000)]
+    for backup in candidates:
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            try:
+                if backup.read_bytes() == original:
+                    return None
+            except OSError:
+                pass
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{backup}: cannot write the backup ({exc.strerror})") from None
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(original)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(backup, stat.S_IMODE(mode))
+        except OSError as exc:
+            backup.unlink(missing_ok=True)
+            raise ConfigError(f"{backup}: cannot write the backup ({exc.strerror})") from None
+        return backup
+    raise ConfigError(f"{path}: too many backups already; remove old {BACKUP_SUFFIX}.N files")
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` by `data` (write, fsync, rename) with permission bits `mode`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IMODE(mode))  # mkstemp made it 0600; set the mode it must have
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
