@@ -25,15 +25,39 @@ def ensure_ca(base: Path) -> Path:
     return directory / f"{CA_BASENAME}-ca-cert.pem"
 
 
+def ensure_bundle(base: Path) -> Path:
+    """System CAs + egress's CA in one PEM file, for clients that take a single trust file.
+
+    SSL_CERT_FILE and friends *replace* a client's trust store: pointing them at egress's CA
+    alone would break every passthrough host. The bundle keeps both.
+    """
+    import ssl
+
+    ca = ensure_ca(base)
+    paths = ssl.get_default_verify_paths()
+    system = Path(paths.cafile or paths.openssl_cafile or "/etc/ssl/certs/ca-certificates.crt")
+    parts = [system.read_text()] if system.is_file() else []
+    parts.append(ca.read_text())
+    bundle = ca_dir(base) / "bundle.pem"
+    tmp = bundle.with_suffix(".tmp")
+    tmp.write_text("\n".join(p.rstrip("\n") for p in parts) + "\n")
+    tmp.replace(bundle)
+    return bundle
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("ca", help="print the path of egress's CA certificate",
                        description="Print the CA certificate path (created on first use). Skills "
                                    "trust it for hosts egress intercepts: set SSL_CERT_FILE, "
                                    "REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS or CURL_CA_BUNDLE.")
+    p.add_argument("--bundle", action="store_true",
+                   help="print a bundle of the system CAs plus egress's CA instead (for "
+                        "SSL_CERT_FILE-style variables, which replace the system store)")
     add_data_dir(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(ensure_ca(data_dir(args)))
+    base = data_dir(args)
+    print(ensure_bundle(base) if args.bundle else ensure_ca(base))
     return 0

@@ -25,6 +25,7 @@ from egress.policy.model import (
     Credential,
     DnsSettings,
     IPNetwork,
+    Limits,
     Mode,
     NetworkSettings,
     PolicySet,
@@ -33,6 +34,7 @@ from egress.policy.model import (
     SkillPolicy,
     Source,
 )
+from egress.units import parse_duration, parse_size
 
 __all__ = ["load_policy_dir", "load_policy_texts"]
 
@@ -42,8 +44,10 @@ _SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
 _TOP_KEYS = ("settings", "skills")
-_SKILL_KEYS = ("mode", "description", "allow", "credentials")
-_RULE_KEYS = ("host", "ports", "methods", "paths", "credential")
+_SKILL_KEYS = ("mode", "description", "allow", "credentials", "limits")
+_RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits")
+_LIMIT_KEYS = ("requests_per_minute", "concurrent_connections")
+_AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age")
 _CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder")
 _SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "upstream_ca", "secrets")
 
@@ -195,11 +199,7 @@ class _Builder:
             networks = self.network_settings(file, fields["networks"][1])
         audit = AuditSettings()
         if "audit" in fields:
-            a = self.mapping(file, fields["audit"][1], "settings.audit", ("log_allowed",))
-            if a and "log_allowed" in a:
-                v = self.scalar(file, a["log_allowed"][1], "settings.audit.log_allowed", bool,
-                                "true or false")
-                audit = AuditSettings(log_allowed=bool(v))
+            audit = self.audit_settings(file, fields["audit"][1])
         upstream_ca = None
         if "upstream_ca" in fields:
             ca = self.scalar(file, fields["upstream_ca"][1], "settings.upstream_ca", str,
@@ -247,6 +247,63 @@ class _Builder:
         if out.min_ttl > out.max_ttl:
             self.error(file, node, "settings.dns.min_ttl", "must not exceed max_ttl")
         return out
+
+    def audit_settings(self, file: str, node: yaml.Node) -> AuditSettings:
+        a = self.mapping(file, node, "settings.audit", _AUDIT_KEYS) or {}
+        out = AuditSettings()
+        if "log_allowed" in a:
+            v = self.scalar(file, a["log_allowed"][1], "settings.audit.log_allowed", bool,
+                            "true or false")
+            out = AuditSettings(log_allowed=bool(v))
+        size = self.parsed_unit(file, a, "max_bytes", parse_size, "a size such as 100MB")
+        files = self.scalar(file, a["max_files"][1], "settings.audit.max_files", int,
+                            "a whole number") if "max_files" in a else None
+        if files is not None and not 1 <= files <= 1000:
+            self.error(file, a["max_files"][1], "settings.audit.max_files",
+                       "must be between 1 and 1000")
+        age = self.parsed_unit(file, a, "max_age", parse_duration, "a duration such as 1d")
+        if age is not None and age < 60:
+            self.error(file, a["max_age"][1], "settings.audit.max_age", "must be at least 1m")
+        return AuditSettings(
+            log_allowed=out.log_allowed,
+            max_bytes=int(size) if size is not None else out.max_bytes,
+            max_files=files if files is not None else out.max_files,
+            max_age=age if age is not None else out.max_age,
+        )
+
+    def parsed_unit(self, file: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str,
+                    parse: Callable[[Any], float], what: str) -> float | None:
+        """A size or duration written as a number or a string with a unit ("100MB", "7d")."""
+        if key not in fields:
+            return None
+        node = fields[key][1]
+        try:
+            raw = _construct(node) if isinstance(node, yaml.ScalarNode) else None
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise ValueError(f"must be {what}")
+            return parse(raw)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            self.error(file, node, f"settings.audit.{key}", str(exc))
+            return None
+
+    def limits(self, file: str, field: str, node: yaml.Node) -> Limits | None:
+        """`limits: {requests_per_minute: N, concurrent_connections: N}` of a skill or rule."""
+        fields = self.mapping(file, node, field, _LIMIT_KEYS)
+        if fields is None:
+            return None
+        if not fields:
+            self.error(file, node, field, f"empty; set {' and/or '.join(_LIMIT_KEYS)}")
+            return None
+        values: dict[str, int] = {}
+        for key in _LIMIT_KEYS:
+            if key in fields:
+                v = self.scalar(file, fields[key][1], f"{field}.{key}", int, "a whole number")
+                if v is not None and not 1 <= v <= 1_000_000:
+                    self.error(file, fields[key][1], f"{field}.{key}",
+                               "must be between 1 and 1000000; leave it out for no limit")
+                elif v is not None:
+                    values[key] = v
+        return Limits(**values) if values else None
 
     def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:
         fields = self.mapping(file, node, "settings.networks", ("allow", "deny")) or {}
@@ -307,10 +364,14 @@ class _Builder:
                 rule = self.rule(file, f"{field}.allow[{i}]", item, credentials)
                 if rule is not None:
                     rules.append(rule)
+        limits = None
+        if "limits" in fields:
+            limits = self.limits(file, f"{field}.limits", fields["limits"][1])
         self.skill_modes[name] = mode is not None
         self.skills[name] = SkillPolicy(
             name=name, mode=mode or Mode.ENFORCE, rules=tuple(rules),
             credentials=credentials, source=Source(file, key_node.start_mark.line + 1),
+            limits=limits,
         )
 
     def rule(
@@ -359,9 +420,13 @@ class _Builder:
                 self.error(file, fields["credential"][1], f"{field}.credential",
                            f"{credential!r} is not defined under this skill's `credentials` "
                            f"({known})")
+        limits = None
+        if "limits" in fields:
+            limits = self.limits(file, f"{field}.limits", fields["limits"][1])
         if pattern is None or len(self.errors) != before:
             return None
         return Rule(
+            limits=limits,
             host=pattern.host, wildcard=pattern.wildcard, ports=frozenset(ports),
             methods=frozenset(methods) if methods is not None else None,
             paths=tuple(paths) if paths is not None else None,
@@ -415,7 +480,7 @@ class _Builder:
             skills = {
                 n: s if self.skill_modes[n] else SkillPolicy(
                     name=s.name, mode=Mode.REPORT, rules=s.rules,
-                    credentials=s.credentials, source=s.source)
+                    credentials=s.credentials, source=s.source, limits=s.limits)
                 for n, s in skills.items()
             }
         digest = hashlib.sha256()
