@@ -83,7 +83,10 @@ class EgressAddon:
         if self.runtime is not None and not ({"egress_policies", "egress_data_dir"} & updated):
             return
         if not ctx.options.egress_policies:
-            raise OptionsError("egress_policies is required: --set egress_policies=DIR")
+            # No policy: every request is refused (no_policy). Not an OptionsError, which
+            # mitmproxy answers by re-applying the previous (equally empty) value.
+            log.error("egress: no policy loaded; set egress_policies=DIR. Refusing everything.")
+            return
         data_dir = ctx.options.egress_data_dir or str(default_data_dir())
         try:
             self.runtime = Runtime.create(
@@ -162,8 +165,9 @@ class EgressAddon:
 
     # -- hook bodies -----------------------------------------------------------------------
     async def _on_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or self.runtime is None:
+        if flow.response is not None or self._no_policy(flow):
             return
+        assert self.runtime is not None
         rid = new_request_id()
         skill = self._authenticate(flow, "connect", rid)
         if skill is None:
@@ -209,8 +213,9 @@ class EgressAddon:
             ))
 
     async def _on_request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or self.runtime is None:
+        if flow.response is not None or self._no_policy(flow):
             return
+        assert self.runtime is not None
         tunnel = self._tunnels.get(flow.client_conn)
         if tunnel is not None:
             await self._tunnel_request(flow, tunnel)
@@ -266,7 +271,10 @@ class EgressAddon:
             data.server.error = f"egress: tunnel refused ({tunnel.refused})"
             return
         address = data.server.address
-        ip = parse_ip_literal(address[0]) if address else None
+        try:
+            ip = parse_ip_literal(address[0]) if address else None
+        except ValueError:
+            ip = None  # not an address at all: certainly not a vetted one
         if ip is None or address is None or not self.runtime.guard.was_vetted(ip, address[1]):
             data.server.error = "egress: destination address was not vetted"
             self.runtime.record(AuditRecord(
@@ -278,6 +286,18 @@ class EgressAddon:
             ))
 
     # -- steps ---------------------------------------------------------------------------
+    def _no_policy(self, flow: http.HTTPFlow) -> bool:
+        """Without a loaded policy there is nothing to allow: refuse (and there is no data dir
+        to audit to, so the process log says it)."""
+        if self.runtime is not None:
+            return False
+        reply = refusal(Reason.NO_POLICY, skill=None, host=flow.request.pretty_host,
+                        port=flow.request.port, request_id=new_request_id())
+        flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
+        log.error("egress: refused %s:%d: no policy loaded", flow.request.pretty_host,
+                  flow.request.port)
+        return True
+
     async def _tunnel_request(self, flow: http.HTTPFlow, tunnel: Tunnel) -> Decision | None:
         """A request inside an approved tunnel that mitmproxy parsed (plain HTTP or intercepted)."""
         assert self.runtime is not None

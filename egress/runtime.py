@@ -16,7 +16,7 @@ from pathlib import Path
 from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter
 from egress.errors import PolicyErrors
 from egress.identity import TokenStore
-from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy
+from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy, local_interface_addresses
 from egress.policy.load import load_policy_dir
 from egress.policy.model import PolicySet
 from egress.secrets import SecretBroker, SecretSettings, build_broker
@@ -126,4 +126,7 @@ def _close_later(broker: SecretBroker) -> None:
 
 def _networks(policy: PolicySet, self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> NetworkPolicy:
     nets = policy.settings.networks
-    return NetworkPolicy(allow=nets.allow, deny=nets.deny, self_addresses=self_addresses)
+    # Listening on 0.0.0.0/:: means every interface address is egress itself.
+    wildcard = any(ip.is_unspecified for ip, _ in self_addresses)
+    return NetworkPolicy(allow=nets.allow, deny=nets.deny, self_addresses=self_addresses,
+                         local_addresses=local_interface_addresses() if wildcard else frozenset())

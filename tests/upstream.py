@@ -164,11 +164,11 @@ def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
 class CountingListener:
     """A TCP listener that accepts and immediately closes, counting every connection."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, port: int = 0) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(64)
         self.sock.settimeout(0.2)
         self.host, self.port = host, int(self.sock.getsockname()[1])

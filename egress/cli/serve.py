@@ -83,6 +83,17 @@ def build_master(policies: Path, data: Path, host: str, port: int) -> Any:
 async def serve(policies: Path, data: Path, host: str, port: int) -> int:
     from mitmproxy.exceptions import OptionsError
 
+    from egress.errors import PolicyErrors
+    from egress.policy.load import load_policy_dir
+
+    try:
+        load_policy_dir(policies)  # fail fast with file:line messages, before binding a port
+    except PolicyErrors as exc:
+        for err in exc.errors:
+            print(f"egress: {err}", file=sys.stderr)
+        print("egress: not started: fix the policy (egress check DIR shows the same list)",
+              file=sys.stderr)
+        return 1
     try:
         m = build_master(policies, data, host, port)
     except OptionsError as exc:
