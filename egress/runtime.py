@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter
+from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter, Rotation
 from egress.errors import PolicyErrors
 from egress.identity import TokenStore
 from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy, local_interface_addresses
@@ -73,7 +73,7 @@ class Runtime:
         guard = AddressGuard(resolver, _networks(policy, self_addresses))
         return cls(
             policy_dir=Path(policy_dir), data_dir=data, policy=policy,
-            tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE),
+            tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy)),
             guard=guard, self_addresses=self_addresses,
             broker=build_broker(policy.settings.secrets or SecretSettings()),
         )
@@ -102,6 +102,7 @@ class Runtime:
             # sessions are closed by the event loop's task (no I/O here).
             old_broker, self.broker = self.broker, build_broker(new.settings.secrets or SecretSettings())
             _close_later(old_broker)
+        self.audit.rotation = _rotation(new)
         old, self.policy = self.policy.digest, new
         self.reloads.ok += 1
         self.reloads.last_error = None
@@ -122,6 +123,11 @@ def _close_later(broker: SecretBroker) -> None:
     except RuntimeError:
         return
     loop.create_task(broker.close())
+
+
+def _rotation(policy: PolicySet) -> Rotation:
+    a = policy.settings.audit
+    return Rotation(max_bytes=a.max_bytes, max_files=a.max_files, max_age=a.max_age)
 
 
 def _networks(policy: PolicySet, self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> NetworkPolicy:

@@ -1,23 +1,32 @@
-"""Byte counts of each client connection, for the `egress_bytes_total` metric.
+"""Client connections as operations sees them: open counts, bytes, and their rate-limit slots.
 
-mitmproxy fires no hook for the bytes of a passthrough TLS tunnel (an ignored connection has
-no flow), and passthrough is how most skill traffic flows. So egress wraps the first layer
-mitmproxy chooses for a client connection (in the `next_layer` hook) in `CountingLayer`,
-which sees every event of that connection before the real layer does: each `DataReceived`
-from the client is bytes out, from an upstream bytes in. The wrapper stays out of
-`context.layers`, so the layer stack mitmproxy inspects is unchanged, and it only reads
-events: it never changes or delays one.
+`ConnectionTracker` is fed by EgressAddon's `client_connected`, `client_disconnected` and
+`next_layer` hooks. It knows which connections are open (for the open-connections gauge and
+for SIGTERM draining), gives a closed connection's rate-limit slots back, and counts bytes.
+
+Bytes: mitmproxy fires no hook for the bytes of a passthrough TLS tunnel (an ignored
+connection has no flow), and passthrough is how most skill traffic flows. So the first layer
+mitmproxy chooses for a client connection is wrapped in `CountingLayer`, which sees every
+event of that connection before the real layer does: each `DataReceived` from the client is
+bytes out, from an upstream bytes in (TLS tunnels: the encrypted bytes). The wrapper stays
+out of `context.layers`, so the layer stack mitmproxy inspects is unchanged, and it only
+reads events: it never changes, drops or delays one.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import Counter
 from collections.abc import Callable, Generator
 from typing import Any
 
 from mitmproxy import connection
-from mitmproxy.proxy import events
+from mitmproxy.proxy import events, layer
 
-__all__ = ["CountingLayer"]
+from egress.metrics import Metrics
+from egress.ratelimit import RateLimiter
+
+__all__ = ["ConnectionTracker", "CountingLayer"]
 
 
 class CountingLayer:
@@ -25,7 +34,7 @@ class CountingLayer:
 
     __slots__ = ("_client", "_on_bytes", "inner")
 
-    def __init__(self, inner: Any, client: connection.Client,
+    def __init__(self, inner: layer.Layer, client: connection.Client,
                  on_bytes: Callable[[bool, int], None]) -> None:
         self.inner = inner
         self._client = client
@@ -37,10 +46,49 @@ class CountingLayer:
                 self._on_bytes(event.connection is self._client, len(event.data))
             except Exception:  # counting must never disturb the traffic
                 pass
-        return self.inner.handle_event(event)  # type: ignore[no-any-return]
+        return self.inner.handle_event(event)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return repr(self.inner)
+
+
+class ConnectionTracker:
+    """Open client connections, their skill (once authenticated) and their byte counts."""
+
+    def __init__(self, metrics: Metrics, limiter: RateLimiter,
+                 skill_of: Callable[[connection.Client], str | None]) -> None:
+        self.metrics = metrics
+        self.limiter = limiter
+        self._skill_of = skill_of
+        self._open: weakref.WeakKeyDictionary[connection.Client, bool] = (
+            weakref.WeakKeyDictionary())  # value: bytes are counted for it
+
+    def connected(self, client: connection.Client) -> None:
+        self._open[client] = False
+
+    def disconnected(self, client: connection.Client) -> None:
+        self._open.pop(client, None)
+        self.limiter.release(client.id)
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Wrap the outermost layer of each client connection, once, to count its bytes."""
+        client = nextlayer.context.client
+        if nextlayer.layer is None or self._open.get(client, True):
+            return  # undecided yet, already counted, or not a connection we saw open
+        self._open[client] = True
+        metrics, skill_of = self.metrics, self._skill_of
+
+        def on_bytes(from_client: bool, size: int) -> None:
+            metrics.add_bytes(skill_of(client), "out" if from_client else "in", size)
+
+        nextlayer.layer = CountingLayer(nextlayer.layer, client, on_bytes)  # type: ignore[assignment]
+
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def open_by_skill(self) -> dict[str, int]:
+        """Open connections per skill; "" for those not authenticated (yet)."""
+        return dict(Counter(self._skill_of(c) or "" for c in list(self._open.keys())))

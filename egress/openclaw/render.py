@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from egress.openclaw.keys import KeyKind
 
-__all__ = ["DIGEST_MARK", "RenderedCredential", "is_untouched", "render_policy"]
+__all__ = [
+    "DIGEST_MARK",
+    "RenderedCredential",
+    "is_untouched",
+    "render_policy",
+    "seal",
+]
 
 DIGEST_MARK = "# egress-openclaw-import sha256:"
 
@@ -80,7 +86,11 @@ def render_policy(
         out.append(f"        header: {c.header}")
         out.append(f"        format: {json.dumps(c.format)}")
         out.append(f"        placeholder: {json.dumps(c.placeholder)}")
-    body = "\n".join(out) + "\n"
+    return seal("\n".join(out) + "\n")
+
+
+def seal(body: str) -> str:
+    """`body` followed by its digest line (see is_untouched)."""
     return body + DIGEST_MARK + _digest(body) + "\n"
 
 

@@ -96,7 +96,7 @@ class SecretBroker:
         if entry is not None and self._clock() < entry.expires_at:
             self.stats.hits += 1
             return CachedSecret(entry.secret, stale=False)
-        task = None
+        task = self._inflight.get(ref)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._refresh(ref))
             self._inflight[ref] = task
