@@ -14,26 +14,31 @@ costs no lookup and no upstream connection.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import layer, server_hooks
 
 from egress.audit import AuditRecord, new_request_id
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.identity import parse_proxy_authorization
 from egress.inject import redact
+from egress.metrics import Metrics
 from egress.netguard import Blocked, IPAddress, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.match import normalise_host, normalise_path
+from egress.policy.model import Mode
 from egress.protocol_audit import ProtocolErrorAudit
+from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir
 from egress.secrets import Secret
+from egress.traffic import ConnectionTracker
 
 __all__ = ["EgressAddon"]
 
@@ -67,6 +72,10 @@ class EgressAddon:
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Secret] = (
             weakref.WeakKeyDictionary()
         )
+        # Operations: metrics, rate limits, open connections and their bytes (per process).
+        self.metrics = Metrics()
+        self.limiter = RateLimiter()
+        self.connections = ConnectionTracker(self.metrics, self.limiter, self._skills.get)
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -75,12 +84,16 @@ class EgressAddon:
         loader.add_option("egress_data_dir", str, "",
                           "egress state directory (tokens, CA, audit.jsonl). "
                           "Default: $EGRESS_DATA_DIR or ~/.local/state/egress.")
+        loader.add_option("egress_audit", str, "",
+                          "Audit log file, or - for stdout (container log collectors). "
+                          "Default: DATA_DIR/audit.jsonl.")
 
     def configure(self, updated: set[str]) -> None:
         if ctx.options.connection_strategy != "lazy":
             # Nothing may connect upstream before egress has decided (deny before connect).
             ctx.options.update(connection_strategy="lazy")
-        if self.runtime is not None and not ({"egress_policies", "egress_data_dir"} & updated):
+        if self.runtime is not None and not (
+                {"egress_policies", "egress_data_dir", "egress_audit"} & updated):
             return
         if not ctx.options.egress_policies:
             # No policy: every request is refused (no_policy). Not an OptionsError, which
@@ -92,6 +105,7 @@ class EgressAddon:
             self.runtime = Runtime.create(
                 ctx.options.egress_policies, data_dir,
                 self_addresses=_listen_addresses(ctx.options.listen_host, ctx.options.listen_port),
+                audit_path=ctx.options.egress_audit or None,
             )
         except PolicyErrors as exc:
             raise OptionsError(f"egress_policies: invalid policy:\n{exc}") from exc
@@ -125,16 +139,20 @@ class EgressAddon:
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        started = time.perf_counter()
         try:
             await self._on_connect(flow)
         except Exception:
             self._fail_closed(flow, "connect")
+        self.metrics.observe_latency("connect", time.perf_counter() - started)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        started = time.perf_counter()
         try:
             await self._on_request(flow)
         except Exception:
             self._fail_closed(flow, "http")
+        self.metrics.observe_latency("http", time.perf_counter() - started)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         try:
@@ -152,6 +170,19 @@ class EgressAddon:
         except Exception:
             log.exception("egress: error vetting an upstream connection; refusing it")
             data.server.error = "egress: internal error"
+
+    def client_connected(self, client: connection.Client) -> None:
+        self.connections.connected(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.connections.disconnected(client)  # gives its rate-limit slots back
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        self.connections.next_layer(nextlayer)  # counts the connection's bytes
+
+    def open_connections(self) -> dict[str, int]:
+        """Open client connections by skill ("" = not authenticated yet), for /metrics."""
+        return self.connections.open_by_skill()
 
     def _fail_closed(self, flow: http.HTTPFlow, kind: str) -> None:
         """A bug in egress must never let a request through: refuse and audit it."""
@@ -179,6 +210,10 @@ class EgressAddon:
         if not decision.allowed:
             self._refuse(flow, decision.reason, skill, dest, "connect", rid, decision)
             return
+        limited = self._limit(flow, skill, dest, "connect", rid, decision)
+        if limited is None:
+            return
+        decision = limited
         vetted = await self._vet(flow, skill, dest, "connect", rid, decision)
         if vetted is None:
             return
@@ -205,6 +240,7 @@ class EgressAddon:
             data.ignore_connection = True  # never terminate TLS for a refused tunnel
             tunnel.refused = Reason.HOST_MISMATCH
             assert self.runtime is not None
+            self.metrics.decision("deny", Reason.HOST_MISMATCH, tunnel.skill, tunnel.host)
             self.runtime.record(AuditRecord(
                 decision="deny", reason=Reason.HOST_MISMATCH, kind="tls", skill=tunnel.skill,
                 client=_peer(data.context.client), host=tunnel.host, port=tunnel.port,
@@ -233,6 +269,10 @@ class EgressAddon:
         if not decision.allowed:
             self._refuse(flow, decision.reason, skill, dest, "http", rid, decision)
             return
+        limited = self._limit(flow, skill, dest, "http", rid, decision)
+        if limited is None:
+            return
+        decision = limited
         # Plain HTTP never carries a credential: a key bound here needs TLS, one bound
         # elsewhere is exfiltration. Checked before DNS: it needs no address.
         if not await self._broker_credentials(flow, skill, dest, rid, decision, tls=False):
@@ -277,6 +317,9 @@ class EgressAddon:
             ip = None  # not an address at all: certainly not a vetted one
         if ip is None or address is None or not self.runtime.guard.was_vetted(ip, address[1]):
             data.server.error = "egress: destination address was not vetted"
+            self.metrics.decision("deny", Reason.BLOCKED_ADDRESS,
+                                  tunnel.skill if tunnel else self._skills.get(data.client),
+                                  str(address[0]) if address else None)
             self.runtime.record(AuditRecord(
                 decision="deny", reason=Reason.BLOCKED_ADDRESS, kind="connect",
                 skill=tunnel.skill if tunnel else self._skills.get(data.client),
@@ -294,6 +337,7 @@ class EgressAddon:
         reply = refusal(Reason.NO_POLICY, skill=None, host=flow.request.pretty_host,
                         port=flow.request.port, request_id=new_request_id())
         flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
+        self.metrics.decision("deny", Reason.NO_POLICY, None, None)
         log.error("egress: refused %s:%d: no policy loaded", flow.request.pretty_host,
                   flow.request.port)
         return True
@@ -315,6 +359,10 @@ class EgressAddon:
         if not decision.allowed:
             self._refuse(flow, decision.reason, tunnel.skill, dest, "http", rid, decision)
             return None
+        limited = self._limit(flow, tunnel.skill, dest, "http", rid, decision)
+        if limited is None:
+            return None
+        decision = limited
         # A credential goes only into a TLS session egress terminated and whose upstream
         # certificate mitmproxy verifies (ssl_insecure off): never into a plain tunnel.
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
@@ -323,6 +371,8 @@ class EgressAddon:
         flow.request.stream = True
         if flow.metadata.get("egress_credential") is None:
             self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
+        else:
+            self.metrics.decision(decision.verdict, decision.reason, tunnel.skill, dest.host)
         return decision
 
     async def _broker_credentials(self, flow: http.HTTPFlow, skill: str, dest: Destination,
@@ -394,6 +444,8 @@ class EgressAddon:
                    rid: str, decision: Decision) -> Vetted | None:
         assert self.runtime is not None
         result = await self.runtime.guard.vet(dest.host, dest.port)
+        if _is_name(dest.host):
+            self.metrics.dns(failed=isinstance(result, Blocked) and result.reason == Reason.DNS_FAILURE)
         if isinstance(result, Blocked):
             # Never relaxed by report mode: these protect the operator, not the policy.
             self._refuse(flow, Reason(result.reason), skill, dest, kind, rid, decision,
@@ -408,12 +460,36 @@ class EgressAddon:
         reply = refusal(reason, skill=skill, host=dest.host, port=dest.port, request_id=rid,
                         policy_source=str(rule.source) if rule is not None else None)
         flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
+        self.metrics.decision("deny", reason, skill, dest.host)
         self.runtime.record(self._record(flow, "deny", reason, skill, dest, kind, rid, decision,
                                          detail=detail))
+
+    def _limit(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str, rid: str,
+               decision: Decision) -> Decision | None:
+        """Apply rate limits (egress/ratelimit.py). None: refused with 429. In report mode an
+        excess is let through and audited as `report`/`rate_limited` instead."""
+        assert self.runtime is not None
+        policy = self.runtime.policy.skills.get(skill)
+        rule = decision.rule
+        report = policy is not None and policy.mode is Mode.REPORT
+        exceeded = self.limiter.admit(
+            flow.client_conn.id, skill, policy.limits if policy else None,
+            rule.label if rule is not None else None, rule.limits if rule is not None else None,
+            enforce=not report)
+        if exceeded is None:
+            return decision
+        if report:
+            if decision.verdict is Verdict.REPORT:
+                return decision  # already recorded as a would-be denial for its own reason
+            return Decision(Verdict.REPORT, Reason.RATE_LIMITED, rule, decision.intercept)
+        self._refuse(flow, Reason.RATE_LIMITED, skill, dest, kind, rid, decision,
+                     detail=exceeded.detail)
+        return None
 
     def _audit_allowed(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
                        rid: str, decision: Decision, resolved: str) -> None:
         assert self.runtime is not None
+        self.metrics.decision(decision.verdict, decision.reason, skill, dest.host)
         if decision.verdict is Verdict.REPORT or self.runtime.policy.settings.audit.log_allowed:
             self.runtime.record(self._record(flow, str(decision.verdict), decision.reason, skill,
                                              dest, kind, rid, decision, resolved=resolved))
@@ -463,6 +539,14 @@ def _host_port(header: str, default_port: int) -> tuple[str, int] | None:
         return normalise_host(host), port
     except ValueError:
         return None
+
+
+def _is_name(host: str) -> bool:
+    """True for a host name egress resolves (not an IP literal)."""
+    try:
+        return parse_ip_literal(host) is None
+    except ValueError:
+        return False
 
 
 def _peer(client: connection.Client) -> str | None:

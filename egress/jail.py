@@ -241,6 +241,7 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 # before exec ends it with 126 and a message; a command that is not found, with 127.
 _CHILD = r"""
 import ctypes, json, os, signal, sys
+import warnings  # os.execvp imports it lazily; after setuid the stdlib may be unreadable
 def fail(message, code=126):
     os.write(2, ("egress exec: " + message + "\n").encode("utf-8", "replace"))
     os._exit(code)

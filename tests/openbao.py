@@ -240,6 +240,7 @@ class OpenBao:
         mount: str = "approle",
         policies: tuple[str, ...] = ("egress-read",),
         token_ttl: str = "1h",
+        token_max_ttl: str = "2h",
     ) -> AppRole:
         """Enable AppRole (once), make a role, write its secret_id to a 0600 file."""
         if policies == ("egress-read",):
@@ -253,7 +254,7 @@ class OpenBao:
             {
                 "token_policies": list(policies),
                 "token_ttl": token_ttl,
-                "token_max_ttl": "2h",
+                "token_max_ttl": token_max_ttl,
             },
         )
         role_id = self.ok("GET", f"auth/{mount}/role/{role}/role-id")["data"]["role_id"]

@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from egress import __version__
-from egress.cli import ca, check, serve, token
+from egress.cli import ca, check, denials, policy, serve, token
+from egress.cli import exec as exec_
+from egress.cli import openclaw
 from egress.errors import EgressError
 
 __all__ = ["main"]
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"egress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, check, token, ca):
+    for module in (serve, check, token, ca, denials, policy, exec_, openclaw):
         module.register(sub)
     return parser
 

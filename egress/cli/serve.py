@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,15 @@ def register(sub: Any) -> None:
                    help="directory of policy *.yaml files")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="proxy address (default 127.0.0.1:8080)")
+    p.add_argument("--admin", default="127.0.0.1:8081", metavar="HOST:PORT|off",
+                   help="admin endpoint: /healthz, /readyz, /metrics, POST /reload (default "
+                        "127.0.0.1:8081; off disables it). Off loopback it needs a bearer token "
+                        "from $EGRESS_ADMIN_TOKEN or DATA_DIR/admin-token")
+    p.add_argument("--drain-seconds", default=10.0, type=float, metavar="S",
+                   help="on SIGTERM, how long open connections may finish (default 10)")
+    p.add_argument("--audit", default=None, metavar="PATH",
+                   help="audit log file, or - for stdout as JSON lines for a log collector "
+                        "(default DATA_DIR/audit.jsonl)")
     add_data_dir(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
@@ -53,10 +61,19 @@ def run(args: argparse.Namespace) -> int:
     # Loggers pass INFO on even when the operator prints less: egress audits refusals that
     # mitmproxy only reports as INFO log lines (see egress/protocol_audit.py).
     logging.basicConfig(level=min(logging.INFO, handler.level), handlers=[handler])
-    return asyncio.run(serve(args.policies, data_dir(args), host, port))
+    from egress.admin import admin_token, check_admin_bind
+
+    admin = None if args.admin == "off" else parse_hostport(args.admin, "--admin")
+    token = admin_token(data_dir(args)) if admin is not None else None
+    if admin is not None:
+        check_admin_bind(admin[0], token)  # before anything listens
+    return asyncio.run(serve(args.policies, data_dir(args), host, port, admin=admin,
+                             admin_token=token, drain_seconds=args.drain_seconds,
+                             audit=args.audit))
 
 
-def build_master(policies: Path, data: Path, host: str, port: int) -> Any:
+def build_master(policies: Path, data: Path, host: str, port: int, *,
+                 audit: str | None = None) -> Any:
     """A mitmproxy Master with just the addons egress needs. Call inside a running loop."""
     from mitmproxy import master, options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
@@ -73,15 +90,19 @@ def build_master(policies: Path, data: Path, host: str, port: int) -> Any:
                  tlsconfig.TlsConfig(), errorcheck.ErrorCheck(), EgressAddon())
     opts.update(
         connection_strategy="lazy",
-        egress_policies=str(policies), egress_data_dir=str(data),
+        egress_policies=str(policies), egress_data_dir=str(data), egress_audit=audit or "",
         # Large bodies stream instead of being held in memory (uploads, downloads, SSE).
         stream_large_bodies="256k",
     )
     return m
 
 
-async def serve(policies: Path, data: Path, host: str, port: int) -> int:
+async def serve(policies: Path, data: Path, host: str, port: int, *,
+                admin: tuple[str, int] | None = None, admin_token: str | None = None,
+                drain_seconds: float = 10.0, audit: str | None = None) -> int:
     from mitmproxy.exceptions import OptionsError
+
+    from egress.lifecycle import Operations
 
     from egress.errors import PolicyErrors
     from egress.policy.load import load_policy_dir
@@ -95,13 +116,21 @@ async def serve(policies: Path, data: Path, host: str, port: int) -> int:
               file=sys.stderr)
         return 1
     try:
-        m = build_master(policies, data, host, port)
+        m = build_master(policies, data, host, port, audit=audit)
     except OptionsError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, m.shutdown)
+    ops = Operations(m, m.addons.get("egressaddon"), admin=admin, admin_token=admin_token,
+                     drain_seconds=drain_seconds)
+    try:
+        await ops.start()  # SIGTERM/SIGINT drain, SIGHUP reloads
+    except ConfigError as exc:
+        print(f"egress: {exc}", file=sys.stderr)
+        await ops.stop()
+        return 1
     log.info("egress listening on %s:%d, policies %s, data %s", host, port, policies, data)
-    await m.run()
+    try:
+        await m.run()
+    finally:
+        await ops.stop()
     return 0

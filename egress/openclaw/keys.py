@@ -151,6 +151,11 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 def _alphabet(run: str) -> str:
+    # A long hexadecimal stretch stays hexadecimal (many keys are 32 or 40 hex digits).
+    if len(run) >= 16 and all(c in "0123456789abcdef" for c in run):
+        return "0123456789abcdef"
+    if len(run) >= 16 and all(c in "0123456789ABCDEF" for c in run):
+        return "0123456789ABCDEF"
     alphabet = ""
     if any(c.isdigit() for c in run):
         alphabet += string.digits

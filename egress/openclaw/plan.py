@@ -147,6 +147,7 @@ def make_plan(
                 continue
             text = render_policy(
                 skill=skill, description=info.description if info else None,
+                sources=[info.path] if info else [],
                 credentials=result.credentials, homepage_hosts=_homepages([info]),
                 config_path=config_path)
             _want(plan, policy_dir / f"openclaw-{skill}.yaml", text, file_text, blocked)
@@ -170,9 +171,11 @@ def _plan_gateway(plan: ImportPlan, gateway: str, existing: PolicySet | None, po
         plan.replacements.clear()
         return
     creds = [c for s in served for c in s.credentials]
+    infos = [skills.get(s.entry) for s in served]
     text = render_policy(
         skill=gateway, description="OpenClaw gateway (shared by its skills)",
-        credentials=creds, homepage_hosts=_homepages([skills.get(s.entry) for s in served]),
+        sources=[i.path for i in infos if i is not None],
+        credentials=creds, homepage_hosts=_homepages(infos),
         config_path=config_path, gateway_of=[s.skill for s in served])
     _want(plan, policy_dir / f"openclaw-{gateway}.yaml", text, file_text, blocked)
 

@@ -37,7 +37,7 @@ def rule_yaml(entry: str) -> str:
     return f"skills:\n  s:\n    allow:\n      - {body}\n"
 
 
-_UNKNOWN_RULE_KEY = "unknown key; expected one of: host, ports, methods, paths, credential"
+_UNKNOWN_RULE_KEY = "unknown key; expected one of: host, ports, methods, paths, credential, limits"
 _STAR_LABEL = "'*' is only allowed as the whole first label, as in *.example.com"
 _NOT_HOST = ("is not a host name; write only the host (ports go in `ports:`, "
              "paths in `paths:`)")
@@ -45,10 +45,9 @@ _NOT_HOST = ("is not a host name; write only the host (ports go in `ports:`, "
 # -- one file, one problem --------------------------------------------------------------------
 SINGLE_FILE_CASES = [
     # YAML itself
-    pytest.param("skills:\n  s: {\n", "p.yaml:3: yaml: not valid YAML: expected the node content, "
-                 "but found '<stream end>'", id="unclosed flow mapping names the line"),
-    pytest.param("skills:\n\ts: {}\n", "p.yaml:2: yaml: not valid YAML: found character '\\t' "
-                 "that cannot start any token", id="tab indentation names the line"),
+    pytest.param("skills:\n  s: {\n", "p.yaml:3: yaml: not valid YAML: did not find expected node content", id="unclosed flow mapping names the line"),
+    pytest.param("skills:\n\ts: {}\n", "p.yaml:2: yaml: not valid YAML: found character that cannot start any "
+                 "token (a tab: YAML indents with spaces only)", id="tab indentation names the line"),
     pytest.param("skills: {}\n---\nskills: {}\n", "p.yaml:2: yaml: not valid YAML: but found "
                  "another document", id="two YAML documents in one file"),
     pytest.param("- skills\n", "p.yaml:1: file: must be a mapping with `skills:` and/or "
@@ -59,7 +58,7 @@ SINGLE_FILE_CASES = [
     pytest.param("skill:\n  s: {}\n", "p.yaml:1: skill: unknown key; expected one of: "
                  "settings, skills", id="unknown top-level key"),
     pytest.param("skills:\n  s:\n    allows: []\n", "p.yaml:3: skills.s.allows: unknown key; "
-                 "expected one of: mode, description, allow, credentials", id="unknown skill key"),
+                 "expected one of: mode, description, allow, credentials, limits", id="unknown skill key"),
     pytest.param(rule_yaml("host: a.example.com\nport: 443"),
                  f"p.yaml:5: skills.s.allow[0].port: {_UNKNOWN_RULE_KEY}", id="unknown rule key"),
     pytest.param("skills:\n  s:\n    credentials:\n      c:\n        secret: env:X\n"
@@ -75,7 +74,7 @@ SINGLE_FILE_CASES = [
     pytest.param("settings:\n  networks:\n    permit: []\n", "p.yaml:3: settings.networks.permit: "
                  "unknown key; expected one of: allow, deny", id="unknown networks key"),
     pytest.param("settings:\n  audit:\n    log_all: true\n", "p.yaml:3: settings.audit.log_all: "
-                 "unknown key; expected one of: log_allowed", id="unknown audit key"),
+                 "unknown key; expected one of: log_allowed, max_bytes, max_files, max_age", id="unknown audit key"),
     pytest.param("settings:\n  secrets:\n    vault:\n      addr: http://127.0.0.1:8200\n"
                  "      auth: {token_env: T}\n      adress: x\n",
                  "p.yaml:6: settings.secrets.vault.adress: unknown key; expected one of: "
@@ -284,14 +283,14 @@ def test_every_problem_in_every_file_is_reported_sorted_by_file_and_line(tmp_pat
     assert lines == [
         "a.yaml:3: skills.s1.mode: unknown mode 'audit'; use enforce or report",
         "a.yaml:5: skills.s2.allows: unknown key; expected one of: mode, description, allow, "
-        "credentials",
+        "credentials, limits",
         "b.yaml:4: skills.s.allow[0].host: '*' would allow every host; list the hosts the skill "
         "needs, e.g. api.example.com or *.example.com",
         "b.yaml:5: skills.s.allow[0].ports[0]: 0 is outside 1-65535",
         "b.yaml:6: skills.s.allow[0].methods[0]: 'get' is not an HTTP method; write it in "
         "capitals, e.g. GET",
         "c.yaml:2: skills.s1: skill defined twice (first at a.yaml:2)",
-        "d.yaml:2: yaml: not valid YAML: expected the node content, but found '<stream end>'",
+        "d.yaml:2: yaml: not valid YAML: did not find expected node content",
     ]
 
 

@@ -177,14 +177,32 @@ async def test_renewable_token_is_renewed_before_it_expires(
     bao: OpenBao, make_vault: MakeVault
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
-    short = bao.create_token(["egress-read"], ttl="2s")
+    short = bao.create_token(["egress-read"], ttl="3s")
     vault = make_vault(token_env(bao), {"VAULT_TOKEN": short})
     assert (await vault.fetch(REF)).reveal() == "sk_1"
-    # Unrenewed, the token would be dead after 2s; the renewer keeps it alive.
-    await asyncio.sleep(3.5)
-    assert (await vault.fetch(REF)).reveal() == "sk_1"
+    # Unrenewed, the token would be dead after 3 s; the renewer keeps it alive.
+    await asyncio.sleep(5)
     assert vault.renewals >= 2
+    assert (await vault.fetch(REF)).reveal() == "sk_1"
     assert vault.logins == 1
+
+
+async def test_approle_token_near_its_max_ttl_is_replaced_by_a_new_login(
+    bao: OpenBao, make_vault: MakeVault
+) -> None:
+    bao.kv_put("skills/stripe", {"api_key": "sk_1"})
+    role = bao.create_approle(token_ttl="3s", token_max_ttl="4s")
+    settings = VaultSettings(
+        addr=bao.addr, approle_role_id=role.role_id, approle_secret_id_file=str(role.secret_id_file)
+    )
+    vault = make_vault(settings)
+    assert (await vault.fetch(REF)).reveal() == "sk_1"
+    # At 2 s a renewal still gives 2 s; at ~3.3 s only ~0.7 s is left before the max TTL, so
+    # the renewer logs in again, in the background, before any request meets a 403.
+    await asyncio.sleep(4.5)
+    assert vault.renewals >= 1
+    assert vault.logins >= 2
+    assert (await vault.fetch(REF)).reveal() == "sk_1"
 
 
 # -- reading -----------------------------------------------------------------------------

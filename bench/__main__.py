@@ -1,0 +1,194 @@
+"""`python -m bench`: egress against squid, bare mitmdump and keys-on-the-wire, on one machine.
+
+Starts everything itself on loopback (nginx upstream on 127.0.0.3, proxies on 127.0.0.1),
+installs what is missing, runs the decision microbenchmarks, the network workloads in rounds
+and the memory checks, prints tables of medians and ratios, and writes them as Markdown and
+JSON. Every process it starts, it stops, also on Ctrl-C, SIGTERM or an error.
+
+    .venv/bin/python -m bench            # full run, ~15-20 minutes on 2 cores
+    .venv/bin/python -m bench --quick    # ~3 minutes: fewer requests and rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import report
+from bench.contenders import Tools
+from bench.environment import describe_machine, ensure_kow, ensure_tools, find_tools
+from bench.memory import IdleResult, StreamResult, idle_tunnels, raise_fd_limit, stream
+from bench.micro import run_micro
+from bench.procs import Supervisor
+from bench.upstream import start_nginx, write_test_ca
+from bench.workloads import CONTENDERS, HEADERS, Run, bundle, run_rounds, start_checked, workloads
+
+SECTIONS = ("micro", "network", "memory")
+_T0 = time.monotonic()
+
+
+def log(text: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a ~3 minute run: fewer requests, rounds")
+    p.add_argument("--rounds", type=int, help="rounds of the network workloads (default 3, quick 2)")
+    p.add_argument("--scale", type=float, help="multiply request counts (default 1, quick 0.2)")
+    p.add_argument("--only", action="append", choices=SECTIONS,
+                   help="run only this section (repeatable)")
+    p.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    p.add_argument("--tunnels", type=int, default=1000, help="idle tunnels to hold (default 1000)")
+    p.add_argument("--no-kow", action="store_true", help="skip keys-on-the-wire")
+    p.add_argument("--out", type=Path, help="directory for results.md and results.json "
+                                            "(default: a new directory under /tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    sections = tuple(args.only or SECTIONS)
+    rounds = args.rounds or (2 if args.quick else 3)
+    scale = args.scale or (0.2 if args.quick else 1.0)
+    names = args.contenders.split(",") if args.contenders else list(CONTENDERS)
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        print(f"unknown contender(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    out_dir = args.out or Path(tempfile.mkdtemp(prefix="egress-bench-results-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="egress-bench-"))
+    tables: list[report.Table] = []
+    data: dict[str, Any] = {"args": vars(args) | {"out": str(out_dir)}, "rounds": rounds,
+                            "scale": scale}
+    notes: list[str] = []
+    try:
+        if "network" in sections or "memory" in sections:
+            ensure_tools(log)
+        kow_python, kow_note = (None, "skipped (--no-kow)") if args.no_kow else ensure_kow(log)
+        if kow_python is None and "kow" in names:
+            names.remove("kow")
+            notes.append(f"keys-on-the-wire not measured: {kow_note}")
+            log(notes[-1])
+        machine = describe_machine(kow_note)
+        data["machine"] = dict(machine.rows)
+
+        if "micro" in sections:
+            log("decision microbenchmarks")
+            sizes = [100, 10_000, 100_000]
+            micro = run_micro(sizes, decide_calls=20_000 if args.quick else 100_000,
+                              other_calls=5_000 if args.quick else 20_000, log=log)
+            tables += report.micro_tables(micro)
+            data["micro"] = {
+                "loads": [{"rules": lr.rules, "yaml_kb": lr.yaml_kb, "seconds": lr.seconds}
+                          for lr in micro.loads],
+                "timings": [dataclasses.asdict(t) for t in micro.timings],
+                "wrong_decisions": micro.wrong_decisions,
+            }
+
+        with Supervisor(work) as sup:
+            if "network" in sections or "memory" in sections:
+                raise_fd_limit(4 * args.tunnels + 1024)
+                ca = write_test_ca(work)
+                up = start_nginx(sup, work, ca)
+                egress, mitmdump = find_tools()
+                run = Run(sup, work, up, Tools(egress, mitmdump, kow_python), log)
+                if "network" in sections:
+                    loads = workloads(scale)
+                    log(f"network workloads: {rounds} rounds x {len(names)} contenders")
+                    results = run_rounds(run, names, loads, rounds)
+                    tables += report.figure_tables(loads, results, run.facts)
+                    tables += report.ratio_tables(loads, results)
+                    data["network"] = {
+                        w.key: {n: [dataclasses.asdict(s) for s in ss] for n, ss in r.items()}
+                        for w in loads if (r := results.get(w.key))}
+                if "memory" in sections:
+                    idle, streams = memory_section(run, names, args)
+                    tables += report.memory_tables(idle, streams)
+                    data["memory"] = {
+                        "idle": {k: dataclasses.asdict(v) for k, v in idle.items()},
+                        "stream": {k: dataclasses.asdict(v) for k, v in streams.items()}}
+                notes += report.facts_lines(run.facts)
+    except KeyboardInterrupt:
+        log("interrupted: every process started was stopped")
+        return 130
+    finally:
+        if args.keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    text = _summary(data, tables, notes, markdown=False)
+    print(text)
+    (out_dir / "results.md").write_text(_summary(data, tables, notes, markdown=True))
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    log(f"results written to {out_dir}/results.md and results.json "
+        f"({(time.monotonic() - _T0) / 60:.1f} minutes)")
+    return 0
+
+
+def memory_section(run: Run, names: list[str], args: argparse.Namespace
+                   ) -> tuple[dict[str, IdleResult], dict[str, StreamResult]]:
+    idle: dict[str, IdleResult] = {}
+    streams: dict[str, StreamResult] = {}
+    idle_names = ["egress-pass", "egress-mitm"] + ([] if args.quick else
+                                                   ["mitmdump-pass", "mitmdump-mitm", "squid"])
+    stream_names = ["egress-mitm"] + ([] if args.quick else ["mitmdump-mitm", "egress-pass"])
+    for name in [n for n in idle_names + stream_names if n in names]:
+        if name in idle and name in streams:
+            continue
+        try:
+            c = start_checked(run, name)
+        except RuntimeError as exc:
+            log(f"memory: {exc}")
+            continue
+        assert c.service is not None and c.proxy is not None
+        try:
+            if name in idle_names and name not in idle:
+                log(f"memory: {args.tunnels} idle tunnels through {name}")
+                idle[name] = idle_tunnels(c.service, c.proxy, run.up.host, run.up.https_port,
+                                          "/small", HEADERS, args.tunnels)
+            if name in stream_names and name not in streams:
+                log(f"memory: 1 GiB through {name}")
+                streams[name] = stream(c.service, run.up.url("/1g"), c.proxy,
+                                       str(bundle(run, c)), HEADERS)
+        finally:
+            run.sup.stop(c.service)
+    return idle, streams
+
+
+def _summary(data: dict[str, Any], tables: list[report.Table], notes: list[str],
+             markdown: bool) -> str:
+    parts = []
+    machine = data.get("machine", {})
+    if markdown:
+        parts.append("| machine | |\n|---|---|\n" +
+                     "\n".join(f"| {k} | {v} |" for k, v in machine.items()) + "\n")
+    else:
+        parts.append("\n".join(f"{k:>17}: {v}" for k, v in machine.items()) + "\n")
+    parts.append(f"rounds: {data['rounds']}, request-count scale: {data['scale']}\n")
+    parts += [report.render(t, markdown) for t in tables]
+    if notes:
+        parts.append("Notes:\n" + "\n".join(notes) + "\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

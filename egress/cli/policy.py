@@ -1,0 +1,164 @@
+"""`egress policy suggest SKILL`: an allow-list drafted from what the skill actually did.
+
+Run a new skill in report mode (`mode: report`) for a while; every request its policy would
+refuse is audited with `decision: report`. This command reads those records (and denials,
+and allowed records when `log_allowed` is on) and prints a policy for the skill that allows
+exactly the hosts and ports it used, ready for review and `egress check`:
+
+    egress policy suggest weather > policies/weather.yaml
+
+Hosts stay exact unless `--wildcards` is given: then two or more hosts under one parent
+domain become `*.parent` (never over a single-label parent such as `*.com`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from egress.audit_query import Query, audit_files, parse_time, read_all
+from egress.cli.common import add_data_dir, data_dir
+from egress.errors import ConfigError
+from egress.netguard import parse_ip_literal
+from egress.policy.match import parse_host_pattern
+
+__all__ = ["Seen", "observed", "render_policy", "suggest"]
+
+# Reasons a rule in the skill's policy would change. Not: blocked_address, dns_failure,
+# auth failures, rate limits, host_mismatch -- no allow entry fixes those.
+_POLICY_REASONS = frozenset({"allowed", "host_not_allowed", "port_not_allowed",
+                             "method_not_allowed", "path_not_allowed", "unknown_skill"})
+
+
+@dataclass
+class Seen:
+    host: str  # an exact host, or "*.parent" after collapsing
+    ports: set[int] = field(default_factory=set)
+    count: int = 0
+    first: str = ""
+    last: str = ""
+    hosts: set[str] = field(default_factory=set)  # the exact hosts behind a wildcard
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("policy", help="policy helpers (suggest)",
+                       description="Helpers for writing policies.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    s = verbs.add_parser(
+        "suggest", help="print an allow-list for a skill from its audit records",
+        description="Print a policy (YAML) for SKILL allowing exactly the hosts and ports it "
+                    "was seen using in the audit log (report-mode and denied requests; allowed "
+                    "ones too when log_allowed is on). Review it, then `egress check`.")
+    s.add_argument("skill", metavar="SKILL")
+    s.add_argument("--wildcards", action="store_true",
+                   help="collapse two or more hosts under one parent domain into *.parent")
+    s.add_argument("--since", metavar="T", help="only records from T (an age such as 1d, or a time)")
+    add_data_dir(s)
+    s.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        since = parse_time(args.since) if args.since else None
+    except ValueError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    query = Query(skill=args.skill, since=since,
+                  decisions=frozenset({"allow", "deny", "report"}))
+    records = query.select(read_all(audit_files(data_dir(args))))
+    text = suggest(args.skill, records, wildcards=args.wildcards)
+    if text is None:
+        print(f"egress: no requests of skill {args.skill!r} in the audit log; run it with "
+              f"`mode: report` first, so egress records what it would refuse", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def suggest(skill: str, records: Iterable[dict[str, Any]], *, wildcards: bool = False) -> str | None:
+    """The suggested policy text, or None when the records show nothing for the skill."""
+    seen = observed(records)
+    if not seen:
+        return None
+    entries = collapse(seen) if wildcards else sorted(seen.values(), key=lambda s: s.host)
+    return render_policy(skill, entries)
+
+
+def observed(records: Iterable[dict[str, Any]]) -> dict[str, Seen]:
+    """Exact hosts with their ports, counts and first/last time, from audit records."""
+    out: dict[str, Seen] = {}
+    for r in records:
+        if r.get("reason") not in _POLICY_REASONS or r.get("kind") == "tls":
+            continue
+        host, port = r.get("host"), r.get("port")
+        if not isinstance(host, str) or not isinstance(port, int) or not 1 <= port <= 65535:
+            continue
+        try:
+            pattern = parse_host_pattern(host)
+        except ValueError:
+            continue  # not something a policy can name (the log keeps malformed requests too)
+        if pattern.wildcard:
+            continue
+        entry = out.setdefault(pattern.host, Seen(pattern.host, hosts={pattern.host}))
+        entry.ports.add(port)
+        entry.count += 1
+        ts = str(r.get("ts", ""))
+        entry.first = min(entry.first, ts) if entry.first else ts
+        entry.last = max(entry.last, ts)
+    return out
+
+
+def collapse(seen: dict[str, Seen]) -> list[Seen]:
+    """Merge hosts that share a parent of two or more labels into `*.parent`."""
+    by_parent: dict[str, list[Seen]] = {}
+    singles: list[Seen] = []
+    for entry in seen.values():
+        parent = entry.host.split(".", 1)[1] if "." in entry.host else ""
+        if parse_ip_literal(entry.host) is not None or parent.count(".") < 1:
+            singles.append(entry)
+        else:
+            by_parent.setdefault(parent, []).append(entry)
+    out = list(singles)
+    for parent, group in by_parent.items():
+        if len(group) < 2:
+            out.extend(group)
+            continue
+        merged = Seen(f"*.{parent}")
+        for entry in group:
+            merged.ports |= entry.ports
+            merged.count += entry.count
+            merged.hosts |= entry.hosts
+            merged.first = min(merged.first, entry.first) if merged.first else entry.first
+            merged.last = max(merged.last, entry.last)
+        out.append(merged)
+    return sorted(out, key=lambda s: s.host)
+
+
+def render_policy(skill: str, entries: list[Seen]) -> str:
+    total = sum(e.count for e in entries)
+    first = min(e.first for e in entries)
+    last = max(e.last for e in entries)
+    lines = [
+        f"# Suggested by `egress policy suggest` from {total} audit records "
+        f"({first} .. {last}).",
+        "# Review every host before enforcing; `egress check DIR` validates this file.",
+        "skills:",
+        f"  {_quote(skill)}:",
+        "    mode: enforce",
+        "    allow:",
+    ]
+    for e in entries:
+        note = f"{e.count} requests"
+        if len(e.hosts) > 1:
+            note += ": " + ", ".join(sorted(e.hosts))
+        lines.append(f"      - host: {_quote(e.host)}  # {note}")
+        lines.append(f"        ports: [{', '.join(str(p) for p in sorted(e.ports))}]")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    # A JSON string is a valid double-quoted YAML scalar: safe for "*.x", IPv6 literals, IDNA.
+    return json.dumps(text)
