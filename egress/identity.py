@@ -92,7 +92,7 @@ class TokenStore:
         if stamp != self._stamp:
             try:
                 self._hashes = self._read()
-                self.error: str | None = None
+                self.error = None
             except IdentityError as exc:
                 # A corrupt store authenticates nobody (fail closed) until it is fixed.
                 self._hashes, self.error = {}, str(exc)
