@@ -146,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def memory_section(run: Run, names: list[str], args: argparse.Namespace
                    ) -> tuple[dict[str, IdleResult], dict[str, StreamResult]]:
+    """Each measurement on a freshly started contender, so none inherits another's memory."""
     idle: dict[str, IdleResult] = {}
     streams: dict[str, StreamResult] = {}
     idle_names = ["egress-pass", "egress-mitm"] + ([] if args.quick else
                                                    ["mitmdump-pass", "mitmdump-mitm", "squid"])
     stream_names = ["egress-mitm"] + ([] if args.quick else ["mitmdump-mitm", "egress-pass"])
-    for name in [n for n in idle_names + stream_names if n in names]:
-        if name in idle and name in streams:
+    jobs = [("idle", n) for n in idle_names] + [("stream", n) for n in stream_names]
+    for kind, name in jobs:
+        if name not in names:
             continue
         try:
             c = start_checked(run, name)
@@ -161,11 +163,11 @@ def memory_section(run: Run, names: list[str], args: argparse.Namespace
             continue
         assert c.service is not None and c.proxy is not None
         try:
-            if name in idle_names and name not in idle:
+            if kind == "idle":
                 log(f"memory: {args.tunnels} idle tunnels through {name}")
                 idle[name] = idle_tunnels(c.service, c.proxy, run.up.host, run.up.https_port,
                                           "/small", HEADERS, args.tunnels)
-            if name in stream_names and name not in streams:
+            else:
                 log(f"memory: 1 GiB through {name}")
                 streams[name] = stream(c.service, run.up.url("/1g"), c.proxy,
                                        str(bundle(run, c)), HEADERS)

@@ -15,6 +15,7 @@ also carries a block_list rule, giving the deny workload a mitmdump figure.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,14 +168,24 @@ def _egress(sup: Supervisor, work: Path, up: Upstream, tools: Tools, *, intercep
     (policies / "bench.yaml").write_text(egress_policy(up, intercept=intercept,
                                                        credential=credential))
     port = free_port(LISTEN)
-    service = sup.start(
-        name, [tools.egress, "serve", "--policies", str(policies), "--data-dir", str(data),
-               "--listen", f"{LISTEN}:{port}"],
-        env={"EGRESS_BENCH_SECRET": SECRET}, ready=(LISTEN, port),
-    )
+    cmd = [tools.egress, "serve", "--policies", str(policies), "--data-dir", str(data),
+           "--listen", f"{LISTEN}:{port}"]
+    options = _serve_options(tools.egress)
+    if "--admin" in options:
+        cmd += ["--admin", f"{LISTEN}:{free_port(LISTEN)}"]  # on, as by default; own port
+    if "--drain-seconds" in options:
+        cmd += ["--drain-seconds", "1"]  # stopping between workloads need not wait 10 s
+    service = sup.start(name, cmd, env={"EGRESS_BENCH_SECRET": SECRET}, ready=(LISTEN, port))
     return Contender(name, f"http://{SKILL}:{token}@{LISTEN}:{port}", service,
                      intercepts=intercept, injects=credential,
                      ca=data / "ca" / "mitmproxy-ca-cert.pem" if intercept else None)
+
+
+@functools.cache
+def _serve_options(egress: str) -> str:
+    """`egress serve --help`: options this egress has (the CLI grows while the bench exists)."""
+    out = subprocess.run([egress, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    return out.stdout
 
 
 def _issue_token(egress: str, data: Path) -> str:

@@ -7,13 +7,15 @@ the run (CPU seconds of the whole process group; peak RSS after resetting the pe
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.procs import Service, cpu_seconds, peak_rss_kb, reset_peak
+from bench.procs import Service, cpu_seconds, peak_rss_kb, reset_peak, system_busy_seconds
 
 __all__ = ["HeyRun", "Sample", "curl", "hey", "measured"]
 
@@ -40,6 +42,7 @@ class Sample:
     peak_rss_mb: float | None = None
     failed: int = 0
     problem: str | None = None
+    background_pct: float | None = None  # machine CPU used by processes not in the benchmark
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -109,16 +112,31 @@ def curl(url: str, *, proxy: str | None, cacert: str | None, headers: dict[str, 
         return 0.0, 0, 0
 
 
-def measured(service: Service | None, run: Callable[[], Sample]) -> Sample:
-    """Run `run()` and add the proxy's CPU seconds and peak RSS over that run."""
-    if service is None:
-        return run()
-    reset_ok = reset_peak(service.pgid)
-    cpu0 = cpu_seconds(service.pgid)
+def _own_cpu(services: list[Service]) -> float:
+    """CPU seconds of the harness, its finished children (hey, curl) and `services`."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return total + sum(cpu_seconds(s.pgid) for s in services if s.alive())
+
+
+def measured(service: Service | None, run: Callable[[], Sample],
+             others: list[Service] | None = None) -> Sample:
+    """Run `run()`; add the proxy's CPU seconds and peak RSS over that run, and how much CPU
+    processes outside the benchmark took meanwhile (`others`: servers of ours, e.g. nginx)."""
+    ours = [s for s in [service, *(others or [])] if s is not None]
+    reset_ok = service is not None and reset_peak(service.pgid)
+    cpu0 = cpu_seconds(service.pgid) if service is not None else 0.0
+    own0, busy0 = _own_cpu(ours), system_busy_seconds()
     started = time.monotonic()
     sample = run()
+    wall = time.monotonic() - started
+    own, busy = _own_cpu(ours) - own0, system_busy_seconds() - busy0
+    sample.background_pct = max(0.0, busy - own) / (wall * (os.cpu_count() or 1)) * 100
+    sample.extra["wall_s"] = wall
+    if service is None:
+        return sample
     sample.cpu_s = cpu_seconds(service.pgid) - cpu0
-    sample.extra["wall_s"] = time.monotonic() - started
     if reset_ok:
         sample.peak_rss_mb = peak_rss_kb(service.pgid) / 1024
     if not service.alive():

@@ -30,6 +30,7 @@ class IdleResult:
     wanted: int
     rss_before_mb: float
     rss_idle_mb: float
+    rss_closed_mb: float  # a few seconds after every tunnel was closed
     seconds_to_open: float
     problem: str | None = None
 
@@ -111,7 +112,9 @@ async def _idle(service: Service, proxy: str, host: str, port: int, path: str,
     for _, writer in opened:
         writer.close()
     await asyncio.gather(*(w.wait_closed() for _, w in opened), return_exceptions=True)
-    return IdleResult(len(opened), count, before, idle, took,
+    await asyncio.sleep(settle)
+    closed = rss_kb(service.pgid) / 1024
+    return IdleResult(len(opened), count, before, idle, closed, took,
                       f"{len(problems)} failed, e.g. {problems[0]}" if problems else None)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "peak_rss_kb",
     "reset_peak",
     "rss_kb",
+    "system_busy_seconds",
     "wait_port",
 ]
 
@@ -199,3 +200,10 @@ def reset_peak(pgid: int) -> bool:
         except OSError:
             ok = False
     return ok
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs; steal counts as busy)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK

@@ -68,21 +68,28 @@ def figure_tables(loads: list[Workload], results: dict[str, dict[str, list[Sampl
                 rows.append([name + mark, _f(_median([s.mb_per_s for s in samples])),
                              _f(_cpu_per(samples, 1024), 2),
                              _f(_median([s.peak_rss_mb for s in samples])),
-                             str(failed), str(len(samples))])
+                             str(failed), _bg(samples), str(len(samples))])
             else:
                 rows.append([name + mark, _f(_median([s.rps for s in samples]), 0),
                              _f(_median([s.p50_ms for s in samples])),
                              _f(_median([s.p99_ms for s in samples])),
                              _f(_cpu_per(samples, 1000), 2),
                              _f(_median([s.peak_rss_mb for s in samples])),
-                             str(failed), str(len(samples))])
-        header = (["contender", "MB/s", "CPU s/GiB", "peak RSS MB", "failed", "rounds"]
+                             str(failed), _bg(samples), str(len(samples))])
+        header = (["contender", "MB/s", "CPU s/GiB", "peak RSS MB", "failed", "bg CPU %",
+                   "rounds"]
                   if w.transfer else
                   ["contender", "req/s", "p50 ms", "p99 ms", "CPU s/1k req", "peak RSS MB",
-                   "failed", "rounds"])
+                   "failed", "bg CPU %", "rounds"])
         count = "" if w.transfer else f" ({w.n:,} requests)"
         tables.append((f"{w.title}{count}", header, rows))
     return tables
+
+
+def _bg(samples: list[Sample]) -> str:
+    """Worst share of the machine's CPU that processes outside the benchmark took."""
+    values = [s.background_pct for s in samples if s.background_pct is not None]
+    return _f(max(values), 0) if values else "-"
 
 
 def _mode(facts: Facts | None) -> str:
@@ -134,11 +141,12 @@ def memory_tables(idle: dict[str, IdleResult], streams: dict[str, StreamResult])
     tables: list[Table] = []
     if idle:
         rows = [[name, f"{r.tunnels:,}/{r.wanted:,}", _f(r.rss_before_mb), _f(r.rss_idle_mb),
-                 _f(r.kb_per_tunnel, 0), _f(r.seconds_to_open), r.problem or ""]
+                 _f(r.kb_per_tunnel, 0), _f(r.rss_closed_mb), _f(r.seconds_to_open),
+                 r.problem or ""]
                 for name, r in idle.items()]
         tables.append(("Idle tunnels (CONNECT + TLS + one request each, then idle)",
                        ["contender", "open", "RSS before MB", "RSS idle MB", "KiB/tunnel",
-                        "open s", "problem"], rows))
+                        "RSS closed MB", "open s", "problem"], rows))
     if streams:
         rows = [[name, _f(r.bytes / 1048576, 0), _f(r.mb_per_s), _f(r.rss_before_mb),
                  _f(r.peak_rss_mb), _f(r.rss_after_mb), str(r.status)]

@@ -84,6 +84,8 @@ class Run:
     log: Callable[[str], None]
     facts: dict[str, Facts] = field(default_factory=dict)
     credential: bool = True  # give egress-mitm a credential rule (turned off if it fails)
+    noise_pct: float = 10.0  # retake a sample when other processes took more CPU than this
+    retries: int = 2
 
 
 def _url(run: Run, w: Workload) -> str:
@@ -103,6 +105,21 @@ def bundle(run: Run, c: Contender) -> Path:
 
 
 def run_workload(run: Run, c: Contender, w: Workload) -> Sample:
+    """One sample; taken again (up to `run.retries` times) while other processes on the
+    machine took more than `run.noise_pct` of its CPU, keeping the quietest attempt."""
+    best = _one_sample(run, c, w)
+    for _ in range(run.retries):
+        if (best.background_pct or 0.0) <= run.noise_pct:
+            break
+        run.log(f"    {c.name} {w.key}: {best.background_pct:.0f}% CPU taken by other "
+                "processes; measuring again")
+        again = _one_sample(run, c, w)
+        if (again.background_pct or 0.0) < (best.background_pct or 0.0):
+            best = again
+    return best
+
+
+def _one_sample(run: Run, c: Contender, w: Workload) -> Sample:
     url = _url(run, w)
     if w.transfer:
         trust = str(bundle(run, c))
@@ -114,7 +131,7 @@ def run_workload(run: Run, c: Contender, w: Workload) -> Sample:
                           units=size // 1048576, failed=0 if ok else 1,
                           problem=None if ok else f"curl: status {status}, {size} bytes")
 
-        return measured(c.service, download)
+        return measured(c.service, download, [run.up.service])
 
     def load() -> Sample:
         r = hey(url, proxy=c.proxy, n=w.n, c=w.c, keepalive=w.keepalive, headers=HEADERS,
@@ -122,7 +139,7 @@ def run_workload(run: Run, c: Contender, w: Workload) -> Sample:
         return Sample(rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, units=r.ok,
                       failed=r.failed, problem=r.problem)
 
-    return measured(c.service, load)
+    return measured(c.service, load, [run.up.service])
 
 
 def _check(run: Run, c: Contender) -> str | None:

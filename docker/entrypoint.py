@@ -92,6 +92,11 @@ def link_tokens(data: Path, source: Path) -> None:
 
 
 def install_ca(data: Path, source: Path) -> None:
+    if not source.exists():
+        # An optional Secret that was not created: fine for policies that never intercept.
+        print(f"egress-entrypoint: EGRESS_CA_FILE {source} does not exist; using the CA in "
+              f"{data / 'ca'} (made on first start, different in every replica)", file=sys.stderr)
+        return
     try:
         pem = source.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:

@@ -241,7 +241,6 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 # before exec ends it with 126 and a message; a command that is not found, with 127.
 _CHILD = r"""
 import ctypes, json, os, signal, sys
-import warnings  # os.execvp imports it lazily; after setuid the stdlib may be unreadable
 def fail(message, code=126):
     os.write(2, ("egress exec: " + message + "\n").encode("utf-8", "replace"))
     os._exit(code)
@@ -284,20 +283,27 @@ if os.getresuid() != (cfg["uid"],) * 3 or 0 in os.getresuid():
 prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after setuid, which clears it)
 if os.getppid() != cfg["parent"]:
     os._exit(126)  # egress exec died in the meantime
-try:
-    os.execvp(cmd[0], cmd)
-except FileNotFoundError:
+def find(name):  # as a shell does: PATH directories this user cannot search are skipped
+    if "/" in name:
+        return name
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+path = find(cmd[0])
+if path is None:
     fail("%s: command not found" % cmd[0], 127)
+try:
+    os.execv(path, cmd)
 except OSError as exc:
-    fail("%s: %s" % (cmd[0], exc.strerror), 126)
+    fail("%s: %s" % (cmd[0], exc.strerror), 127 if isinstance(exc, FileNotFoundError) else 126)
 """
 
 
-async def run(spec: JailSpec, *, started: asyncio.Future[int] | None = None) -> int:
-    """Run the command in a new jail; return its exit status. Everything is gone after.
-
-    `started`, if given, receives the jail's namespace inode once the command is running.
-    """
+async def run(spec: JailSpec) -> int:
+    """Run the command in a new jail; return its exit status. Nothing of the jail outlives it:
+    leftover processes are killed, and the namespace goes with its last socket and process."""
     if spec.uid == 0:
         raise ValueError("refusing to run a jailed command as root")
     namespace = Namespace.create(spec.port)
@@ -315,8 +321,6 @@ async def run(spec: JailSpec, *, started: asyncio.Future[int] | None = None) -> 
             sys.executable, "-I", "-S", "-c", _CHILD, json.dumps(cfg), *spec.command,
             env=dict(spec.env), pass_fds=(namespace.fd,),
         )
-        if started is not None and not started.done():
-            started.set_result(namespace.inode)
         child = proc
 
         def forward(sig: signal.Signals) -> None:

@@ -8,8 +8,8 @@ is one source of truth for each number.
 Labels are bounded, because an operator's Prometheus must survive a skill that tries a
 million host names:
 - skills come from authenticated tokens (a finite list); reasons and decisions are closed sets;
-- host names appear only in `egress_denied_hosts_total`, for denials, and only for the first
-  `max_denied_hosts` distinct hosts; later ones are counted under host="_other";
+- host names appear only in `egress_denied_hosts_total`, for denials of authenticated skills,
+  and only for the first `max_denied_hosts` distinct hosts; later ones count as host="_other";
 - every family stops creating series at `max_series` and folds the rest into "_other".
 Never a URL, a path, a query string, a token or a secret in a label.
 """
@@ -133,9 +133,9 @@ class Metrics:
             "Host names that could not be resolved (reason dns_failure).", (), 1)
         self.bytes = _Family(
             "egress_bytes_total", "counter",
-            "Bytes on skills' proxy connections by skill and direction: out = from the skill, "
-            "in = from upstreams; TLS tunnels counted as sent (encrypted). skill=\"\" until the "
-            "connection authenticated.", ("skill", "direction"), max_series)
+            "Bytes received on skills' proxy connections, by skill and direction: out = sent by "
+            "the skill, in = sent by upstreams (TLS tunnels: encrypted bytes). skill=\"\" for "
+            "connections that never authenticated.", ("skill", "direction"), max_series)
         self.latency = _Histogram(
             "egress_decision_seconds",
             "Time from a CONNECT or request reaching egress to its decision applied "
@@ -148,8 +148,10 @@ class Metrics:
         self.decisions.inc(skill or "", verdict, reason)
         if reason in _AUTH_REASONS:
             self.auth_failures.inc(reason)
-        if verdict == "deny" and host:
-            self.denied_hosts.inc(skill or "", self._host_label(host))
+        if verdict == "deny" and host and skill:
+            # Only for authenticated skills: an anonymous client must not be able to fill the
+            # host cap and push the hosts real skills tried into "_other".
+            self.denied_hosts.inc(skill, self._host_label(host))
 
     def dns(self, *, failed: bool) -> None:
         self.dns_lookups.inc()

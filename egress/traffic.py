@@ -55,6 +55,17 @@ class CountingLayer:
         return repr(self.inner)
 
 
+class _Conn:
+    """Bytes of one connection not yet attributed to a skill (it had not authenticated)."""
+
+    __slots__ = ("counted", "pending_in", "pending_out")
+
+    def __init__(self) -> None:
+        self.counted = False  # its outermost layer is wrapped
+        self.pending_in = 0
+        self.pending_out = 0
+
+
 class ConnectionTracker:
     """Open client connections, their skill (once authenticated) and their byte counts."""
 
@@ -63,28 +74,47 @@ class ConnectionTracker:
         self.metrics = metrics
         self.limiter = limiter
         self._skill_of = skill_of
-        self._open: weakref.WeakKeyDictionary[connection.Client, bool] = (
-            weakref.WeakKeyDictionary())  # value: bytes are counted for it
+        self._open: weakref.WeakKeyDictionary[connection.Client, _Conn] = (
+            weakref.WeakKeyDictionary())
 
     def connected(self, client: connection.Client) -> None:
-        self._open[client] = False
+        self._open[client] = _Conn()
 
     def disconnected(self, client: connection.Client) -> None:
-        self._open.pop(client, None)
+        conn = self._open.pop(client, None)
+        if conn is not None:
+            self._flush(conn, self._skill_of(client) or "")
         self.limiter.release(client.id)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Wrap the outermost layer of each client connection, once, to count its bytes."""
         client = nextlayer.context.client
-        if nextlayer.layer is None or self._open.get(client, True):
-            return  # undecided yet, already counted, or not a connection we saw open
-        self._open[client] = True
-        metrics, skill_of = self.metrics, self._skill_of
+        conn = self._open.get(client)
+        if nextlayer.layer is None or conn is None or conn.counted:
+            return  # undecided yet, not a connection we saw open, or already counted
+        conn.counted = True
 
         def on_bytes(from_client: bool, size: int) -> None:
-            metrics.add_bytes(skill_of(client), "out" if from_client else "in", size)
+            skill = self._skill_of(client)
+            if skill is None:
+                # The request that authenticates arrives before it is checked: hold its bytes
+                # until the connection has a skill (or closes without one).
+                if from_client:
+                    conn.pending_out += size
+                else:
+                    conn.pending_in += size
+                return
+            self._flush(conn, skill)
+            self.metrics.add_bytes(skill, "out" if from_client else "in", size)
 
         nextlayer.layer = CountingLayer(nextlayer.layer, client, on_bytes)  # type: ignore[assignment]
+
+    def _flush(self, conn: _Conn, skill: str) -> None:
+        if conn.pending_out:
+            self.metrics.add_bytes(skill, "out", conn.pending_out)
+        if conn.pending_in:
+            self.metrics.add_bytes(skill, "in", conn.pending_in)
+        conn.pending_in = conn.pending_out = 0
 
     def open_count(self) -> int:
         return len(self._open)

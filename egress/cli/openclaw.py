@@ -26,6 +26,7 @@ from egress.openclaw.env import build_env, env_lines
 from egress.openclaw.importer import STATE_FILE, ImportOptions, ImportResult, run_import
 from egress.policy.load import load_policy_dir
 
+_SKILL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as in policy files: URL-safe
 _PROXY = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$")
 
 
@@ -157,6 +158,8 @@ def _print_summary(result: ImportResult, options: ImportOptions) -> None:
 # -- env ---------------------------------------------------------------------------------------
 
 def run_env_command(args: argparse.Namespace) -> int:
+    if not _SKILL.match(args.skill):
+        raise ConfigError(f"{args.skill!r} is not a skill name (letters, digits, '.', '_', '-')")
     if not _PROXY.match(args.proxy):
         raise ConfigError(f"--proxy {args.proxy!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
     base = data_dir(args)

@@ -152,7 +152,8 @@ def _replace_all(node: Any, replacements: Mapping[str, str]) -> Any:
     return node
 
 
-def save_backup(path: Path, original: bytes, mode: int) -> Path | None:
+def save_backup(path: Path, original: bytes, mode: int,
+                owner: tuple[int, int] | None = None) -> Path | None:
     """Keep `original` (the config before the first rewrite) next to it, with its mode.
 
     The first backup is PATH.egress-backup and is never overwritten: it holds the keys as
@@ -179,6 +180,7 @@ def save_backup(path: Path, original: bytes, mode: int) -> Path | None:
                 fh.write(original)
                 fh.flush()
                 os.fsync(fh.fileno())
+            _chown(backup, owner)
             os.chmod(backup, stat.S_IMODE(mode))
         except OSError as exc:
             backup.unlink(missing_ok=True)
@@ -187,8 +189,11 @@ def save_backup(path: Path, original: bytes, mode: int) -> Path | None:
     raise ConfigError(f"{path}: too many backups already; remove old {BACKUP_SUFFIX}.N files")
 
 
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` by `data` (write, fsync, rename) with permission bits `mode`."""
+def write_atomically(path: Path, data: bytes, mode: int,
+                     owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` by `data` (write, fsync, rename) with permission bits `mode`, and the
+    file's `owner` (uid, gid) when given and permitted: root importing a user's config must
+    not leave the user a file they cannot read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -196,8 +201,18 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _chown(tmp, owner)
         os.chmod(tmp, stat.S_IMODE(mode))  # mkstemp made it 0600; set the mode it must have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _chown(path: str | Path, owner: tuple[int, int] | None) -> None:
+    if owner is None or owner == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.chown(path, *owner)
+    except PermissionError:
+        pass  # not root: the file is ours, as everything else this user writes

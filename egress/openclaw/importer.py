@@ -107,9 +107,11 @@ def run_import(opts: ImportOptions) -> ImportResult:
         result.written.append(policy.path)
     load_policy_dir(opts.policies)  # what was written must load, or the run fails loudly
     if rewrite is not None and rewrite.text != text:
-        mode = os.stat(opts.config).st_mode
-        result.backup = save_backup(opts.config, text.encode("utf-8"), mode)
-        write_atomically(opts.config, rewrite.text.encode("utf-8"), stat.S_IMODE(mode))
+        target = opts.config.resolve()  # a symlinked config: rewrite the file, keep the link
+        st = os.stat(target)
+        owner = (st.st_uid, st.st_gid)
+        result.backup = save_backup(target, text.encode("utf-8"), st.st_mode, owner)
+        write_atomically(target, rewrite.text.encode("utf-8"), stat.S_IMODE(st.st_mode), owner)
         result.config_changed, result.kept_layout = True, rewrite.kept_layout
         text = rewrite.text
     placeholders = {c.placeholder for s in plan.skills for c in s.credentials}

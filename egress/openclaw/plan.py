@@ -84,64 +84,27 @@ def make_plan(
 ) -> ImportPlan:
     """Everything an import would change, computed without changing anything."""
     known = _known_placeholders(existing)
-    used = set(known)
+    state = _State(known=known, used=set(known), choice=choice, ref_for=ref_for)
     plan = ImportPlan(skills=[], policies=[], store=[], replacements={})
     entries = _entries(config)
-    owner: dict[str, str] = {}  # key value -> the skill that got it first
     for entry_key in sorted(entries):
-        entry = entries[entry_key]
         skill = _skill_name(entry_key)
         if skill is None:
             plan.skills.append(SkillKeys(entry_key, entry_key, "skipped",
                                          note="no usable egress skill name can be made from it"))
             continue
         info = skills.get(entry_key)
-        found = _keys_in_entry(entry_key, entry, info)
+        found = _keys_in_entry(entry_key, entries[entry_key], info)
         if not found:
             continue
-        policy_skill = gateway or skill
         prefix = f"{skill}." if gateway else ""
-        before = _existing_credentials(existing, policy_skill, prefix)
-        result = SkillKeys(entry_key, skill, "unchanged")
-        creds = dict(before)  # by name within the entry (no gateway prefix)
-        pending: list[StoredKey] = []
-        pending_repl: dict[str, str] = {}
-        by_placeholder = {c.placeholder: n for n, c in creds.items()}
-        taken: set[str] = set()  # credential names this run has given out
-        # First the placeholders already in the config (imported before): their credentials
-        # keep their names, so a new key is never filed under one still in use.
-        for _name, origin, value in found:
-            held = by_placeholder.pop(value, None) if value in known else None
-            if held is not None:  # the first place that still holds it names its origin
-                creds[held] = replace(creds[held], origin=origin)
-                taken.add(held)
-        for name, origin, value in found:
-            if value in known:
-                continue
-            other = owner.get(value)
-            if other is not None and other != skill:
-                result.note = (f"{origin} holds the same key as skill {other!r}; it keeps "
-                               f"{other!r}'s placeholder, which only {other!r}'s identity "
-                               "can use: give each skill its own key")
-                continue
-            owner[value] = skill
-            if value in pending_repl:
-                continue  # apiKey and env hold the same key: one credential
-            if name in taken:  # e.g. apiKey and env.<primaryEnv> hold different keys
-                name = next(f"{name}_{n}" for n in range(2, 100) if f"{name}_{n}" not in taken)
-            taken.add(name)
-            cred = _credential(name, prefix, origin, value, creds.get(name), used, choice,
-                               ref_for, skill)
-            creds[name] = cred
-            pending.append(StoredKey(skill, name, cred.secret, Secret(value)))
-            pending_repl[value] = cred.placeholder
-        if pending:
-            result.status = "new" if not before else "updated"
-            result.moved = len(pending)
-        result.credentials = sorted(creds.values(), key=lambda c: c.name)
+        before = _existing_credentials(existing, gateway or skill, prefix)
+        result, pending, pending_repl = _plan_entry(entry_key, skill, prefix, found, before, state)
         plan.skills.append(result)
+        if not result.credentials:
+            continue  # e.g. its only key belongs to another skill: no policy to write
         if not gateway:
-            blocked = _blocked(existing, policy_skill, policy_dir, file_text)
+            blocked = _blocked(existing, skill, policy_dir, file_text)
             if blocked and pending:
                 result.status, result.note, result.moved = "skipped", blocked, 0
                 continue
@@ -156,6 +119,65 @@ def make_plan(
     if gateway:
         _plan_gateway(plan, gateway, existing, policy_dir, file_text, config_path, skills)
     return plan
+
+
+@dataclass
+class _State:
+    """What the entries of one plan share."""
+
+    known: set[str]  # placeholders already in the policy directory
+    used: set[str]  # placeholders given out so far (known ones included)
+    choice: Callable[[str], str]
+    ref_for: RefFor
+    owner: dict[str, str] = field(default_factory=dict)  # key value -> skill that has it
+
+
+def _plan_entry(
+    entry_key: str, skill: str, prefix: str, found: list[tuple[str, str, str]],
+    before: dict[str, RenderedCredential], state: _State,
+) -> tuple[SkillKeys, list[StoredKey], dict[str, str]]:
+    """The credentials of one skills.entries item: kept ones, and one per new key."""
+    result = SkillKeys(entry_key, skill, "unchanged")
+    creds = dict(before)  # by name within the entry (no gateway prefix)
+    pending: list[StoredKey] = []
+    pending_repl: dict[str, str] = {}
+    by_placeholder = {c.placeholder: n for n, c in creds.items()}
+    taken: set[str] = set()  # credential names this run has given out
+    # First the placeholders already in the config (imported before): their credentials keep
+    # their names, so a new key is never filed under a name still in use.
+    for _name, origin, value in found:
+        if value not in state.known:
+            continue
+        held = by_placeholder.pop(value, None)
+        if held is not None:  # the first place that still holds it names its origin
+            creds[held] = replace(creds[held], origin=origin)
+            taken.add(held)
+        elif not any(c.placeholder == value for c in creds.values()):
+            result.note = f"{origin} holds the placeholder of another skill's key"
+    for name, origin, value in found:
+        if value in state.known:
+            continue
+        other = state.owner.get(value)
+        if other is not None and other != skill:
+            result.note = (f"{origin} holds the same key as skill {other!r}; it gets "
+                           f"{other!r}'s placeholder, which only {other!r}'s identity can "
+                           "use: give each skill its own key")
+            continue
+        state.owner[value] = skill
+        if value in pending_repl:
+            continue  # apiKey and env hold the same key: one credential
+        if name in taken:  # e.g. apiKey and env.<primaryEnv> hold different keys
+            name = next(f"{name}_{n}" for n in range(2, 100) if f"{name}_{n}" not in taken)
+        taken.add(name)
+        cred = _credential(name, prefix, origin, value, creds.get(name), state, skill)
+        creds[name] = cred
+        pending.append(StoredKey(skill, name, cred.secret, Secret(value)))
+        pending_repl[value] = cred.placeholder
+    if pending:
+        result.status = "new" if not before else "updated"
+        result.moved = len(pending)
+    result.credentials = sorted(creds.values(), key=lambda c: c.name)
+    return result, pending, pending_repl
 
 
 def _plan_gateway(plan: ImportPlan, gateway: str, existing: PolicySet | None, policy_dir: Path,
@@ -263,18 +285,17 @@ def _rendered(cred: Credential, name: str) -> RenderedCredential:
                               key_kind(cred.placeholder), "an earlier import")
 
 
-def _credential(name: str, prefix: str, origin: str, value: str, old: RenderedCredential | None,
-                used: set[str], choice: Callable[[str], str], ref_for: RefFor,
-                skill: str) -> RenderedCredential:
+def _credential(name: str, prefix: str, origin: str, value: str,
+                old: RenderedCredential | None, state: _State, skill: str) -> RenderedCredential:
     """The credential for a key seen for the first time (or a new key under an old name,
     which keeps the old placeholder when the shape still fits, and the old secret location)."""
     placeholder = old.placeholder if old and shape_matches(old.placeholder, value) else None
     if placeholder is None:
-        placeholder = _fresh(value, used, choice)
+        placeholder = _fresh(value, state.used, state.choice)
     kind = key_kind(placeholder)
     header = old.header if old else (kind.header if kind else "Authorization")
     fmt = old.format if old else (kind.format if kind else "Bearer {secret}")
-    ref = old.secret if old else ref_for(skill, name)
+    ref = old.secret if old else state.ref_for(skill, name)
     return RenderedCredential(prefix + name, ref, header, fmt, placeholder, kind, origin)
 
 

@@ -120,7 +120,8 @@ def _intro(skill: str, gateway_of: list[str] | None, sources: list[str]) -> list
         "# helps), then set `mode: enforce`.",
         "# Keys are not in this file: `secret:` says where egress reads each one. The skill",
         "# holds only the placeholder; egress puts the key in its place on requests to the host",
-        "# whose rule names the credential, and refuses the placeholder anywhere else.",
+        "# whose rule names the credential. A request egress inspects (plain HTTP, or a host",
+        "# it intercepts) that carries the placeholder anywhere else is refused.",
         "# Edit freely: once this file is edited, `egress openclaw import` leaves it alone.",
     ]
 

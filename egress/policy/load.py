@@ -447,7 +447,7 @@ class _Builder:
         before = len(self.errors)
         if "secret" not in fields:
             self.error(file, node, f"{field}.secret",
-                       "missing; write vault:MOUNT/PATH#FIELD, env:NAME or file:PATH")
+                       "missing; write vault:MOUNT/PATH#FIELD, env:NAME or file:/ABSOLUTE/PATH")
             return None
         secret = self.parsed(file, fields["secret"][1], f"{field}.secret",
                              lambda s: (parse_secret_ref(s), s)[1])

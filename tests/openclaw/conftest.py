@@ -8,6 +8,7 @@ is a real credential.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import string
 import textwrap
@@ -23,12 +24,13 @@ B62 = string.ascii_letters + string.digits
 URLSAFE = B62 + "-_"
 
 
-def rand(alphabet: str, n: int) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(n))
+def fake_keys(seed: int | None = None) -> dict[str, str]:
+    """One fake key per service, shaped like the real ones (`seed`: the same ones each time)."""
+    choice = random.Random(seed).choice if seed is not None else secrets.choice
 
+    def rand(alphabet: str, n: int) -> str:
+        return "".join(choice(alphabet) for _ in range(n))
 
-def fake_keys() -> dict[str, str]:
-    """One fake key per service, shaped like the real ones."""
     return {
         "anthropic": "sk-ant-api03-" + rand(URLSAFE, 93) + "AA",
         "openai": "sk-proj-" + rand(URLSAFE, 156),

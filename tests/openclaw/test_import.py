@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import json5
@@ -13,6 +15,7 @@ import yaml
 
 from egress.openclaw.keys import key_kind
 from egress.policy.load import load_policy_dir
+from tests.openbao import READ_POLICY, OpenBao, openbao_server
 from tests.openclaw.conftest import EXPECTED, KEY_OF, SKILL_KEYS, ClawHome, snapshot
 
 
@@ -260,3 +263,112 @@ def test_vault_without_address_fails_before_anything_is_written(
         "egress: storing keys in OpenBao/Vault needs its address in BAO_ADDR or VAULT_ADDR\n")
     assert snapshot(claw.home) == before
     assert not claw.policies.exists() and not claw.data.exists()
+
+
+# -- OpenBao -------------------------------------------------------------------------------
+
+@pytest.fixture
+def bao(tmp_path: Path) -> Iterator[OpenBao]:
+    (tmp_path / "bao").mkdir()
+    with openbao_server(tmp_path / "bao") as server:
+        yield server
+
+
+def test_to_vault_writes_the_keys_into_openbao(claw: ClawHome, bao: OpenBao,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BAO_ADDR", bao.addr)
+    monkeypatch.setenv("BAO_TOKEN", bao.root_token)
+    assert claw.import_("--to-vault", "secret/openclaw") == 0
+    versions = {}
+    for skill, creds in EXPECTED.items():
+        data = bao.ok("GET", f"secret/data/openclaw/{skill}")["data"]
+        assert data["data"] == {name: claw.keys[KEY_OF[name]] for name in creds}
+        versions[skill] = data["metadata"]["version"]
+        for name in creds:
+            assert policy_of(claw, skill)["credentials"][name]["secret"] == \
+                f"vault:secret/openclaw/{skill}#{name}"
+    assert not (claw.data / "secrets").exists()  # nothing on disk
+    settings = load_policy_dir(claw.policies).settings.secrets
+    assert settings is not None and settings.vault is not None
+    assert (settings.vault.addr, settings.vault.token_env) == (bao.addr, "BAO_TOKEN")
+    assert_no_key_in(claw.config_text(), [claw.keys[k] for k in SKILL_KEYS])
+    out, err = capsys.readouterr()
+    assert "stored 6 keys in OpenBao/Vault" in out
+    assert_no_key_in(out + err, list(claw.keys.values()))
+
+    first = snapshot(claw.home, claw.policies, claw.data)
+    assert claw.import_("--to-vault", "secret/openclaw") == 0
+    assert snapshot(claw.home, claw.policies, claw.data) == first
+    for skill in EXPECTED:  # no new versions either
+        assert bao.ok("GET", f"secret/data/openclaw/{skill}")["data"]["metadata"]["version"] \
+            == versions[skill]
+
+
+def test_to_vault_with_a_token_that_may_not_write_stops_before_the_config_changes(
+        claw: ClawHome, bao: OpenBao, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bao.put_policy("read-only", READ_POLICY)
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", bao.create_token(["read-only"]))
+    before = claw.config.read_bytes()
+    assert claw.import_("--to-vault", "secret/openclaw") == 1
+    err = capsys.readouterr().err
+    assert "vault refused access (403)" in err
+    assert claw.config.read_bytes() == before  # keys stay where they were: nothing lost
+    assert not claw.policies.exists() or not list(claw.policies.iterdir())
+
+
+def small_home(claw: ClawHome, entries: str) -> None:
+    claw.config.write_text("{\n  skills: { entries: {\n" + entries + "\n  } },\n}\n")
+
+
+def test_a_key_shared_by_two_skills_goes_to_the_first_and_is_noted(
+        claw: ClawHome, capsys: pytest.CaptureFixture[str]) -> None:
+    key = claw.keys["openai"]
+    small_home(claw, f'    alpha: {{ apiKey: "{key}" }},\n    beta: {{ env: {{ OPENAI_API_KEY: "{key}" }} }},')
+    assert claw.import_() == 0
+    out = capsys.readouterr().out
+    assert ("skills.entries.beta.env.OPENAI_API_KEY holds the same key as skill 'alpha'; it "
+            "gets 'alpha''s placeholder, which only 'alpha''s identity can use") in out
+    assert [p.name for p in claw.policies.iterdir()] == ["openclaw-alpha.yaml"]
+    assert key not in claw.config_text()
+    first = snapshot(claw.home, claw.policies, claw.data)
+    assert claw.import_() == 0
+    assert "skills.entries.beta.env.OPENAI_API_KEY holds the placeholder of another skill's key" \
+        in capsys.readouterr().out
+    assert snapshot(claw.home, claw.policies, claw.data) == first
+
+
+def test_api_key_and_primary_env_with_different_keys_become_two_credentials(
+        claw: ClawHome) -> None:
+    one, two = claw.keys["github"], "ghp_" + "Z" * 36
+    small_home(claw, f'    github: {{ apiKey: "{one}", env: {{ GITHUB_TOKEN: "{two}" }} }},')
+    assert claw.import_() == 0
+    creds = policy_of(claw, "github")["credentials"]
+    assert sorted(creds) == ["GITHUB_TOKEN", "GITHUB_TOKEN_2"]
+    assert (claw.data / "secrets" / "github" / "GITHUB_TOKEN").read_text() == one + "\n"
+    assert (claw.data / "secrets" / "github" / "GITHUB_TOKEN_2").read_text() == two + "\n"
+    first = snapshot(claw.home, claw.policies, claw.data)
+    assert claw.import_() == 0
+    assert snapshot(claw.home, claw.policies, claw.data) == first
+
+
+def test_a_symlinked_config_stays_a_symlink(claw: ClawHome) -> None:
+    real = claw.home / "dotfiles" / "openclaw.json"
+    real.parent.mkdir()
+    claw.config.rename(real)
+    claw.config.symlink_to(real)
+    assert claw.import_() == 0
+    assert claw.config.is_symlink() and claw.config.resolve() == real
+    assert_no_key_in(real.read_text(), [claw.keys[k] for k in SKILL_KEYS])
+    assert (real.parent / "openclaw.json.egress-backup").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_root_importing_a_users_config_keeps_the_user_as_owner(claw: ClawHome) -> None:
+    os.chown(claw.config, 4242, 4343)
+    assert claw.import_() == 0
+    for path in (claw.config, claw.config.with_name("openclaw.json.egress-backup")):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)

@@ -168,7 +168,7 @@ SINGLE_FILE_CASES = [
                  "`credentials` (a)", id="credential referenced but another one defined"),
     pytest.param("skills:\n  s:\n    credentials:\n      c:\n        header: X-Key\n",
                  "p.yaml:5: skills.s.credentials.c.secret: missing; write vault:MOUNT/PATH#FIELD, "
-                 "env:NAME or file:PATH", id="credential without a secret"),
+                 "env:NAME or file:/ABSOLUTE/PATH", id="credential without a secret"),
     pytest.param("skills:\n  s:\n    credentials:\n      c: {secret: \"sk_live_123:456\"}\n",
                  "p.yaml:4: skills.s.credentials.c.secret: unknown secret scheme: write "
                  "vault:MOUNT/PATH#FIELD, env:NAME or file:/PATH",

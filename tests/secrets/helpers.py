@@ -1,4 +1,4 @@
-"""Test doubles for the secrets tests: a manual clock and small SecretBackends.
+"""Shared bits of the secrets tests: Vault settings, a manual clock, small SecretBackends.
 
 The backends are for what a real server cannot show on demand: a fetch held open until
 the test releases it (to prove concurrency), and a backend that breaks its contract.
@@ -7,9 +7,21 @@ the test releases it (to prove concurrency), and a backend that breaks its contr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from egress.errors import SecretNotFound
-from egress.secrets import Secret, SecretRef
+from egress.secrets import Secret, SecretRef, VaultBackend, VaultSettings, parse_secret_ref
+from tests.openbao import OpenBao
+
+MakeVault = Callable[..., VaultBackend]
+"""The ``make_vault`` fixture: (settings, environ=None) -> a VaultBackend closed after the test."""
+
+REF = parse_secret_ref("vault:secret/skills/stripe#api_key")
+
+
+def token_env(bao: OpenBao, *, namespace: str | None = None) -> VaultSettings:
+    """Settings for ``bao`` with the token in environment variable VAULT_TOKEN."""
+    return VaultSettings(addr=bao.addr, token_env="VAULT_TOKEN", namespace=namespace)
 
 
 class ManualClock:

@@ -1,0 +1,78 @@
+"""SIGTERM: stop accepting, let open tunnels finish (up to --drain-seconds), then exit."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+from pathlib import Path
+
+from tests.conftest import TestCA
+from tests.ops.conftest import audit_where, get, start_ops_world, tunnel, wait_until
+
+
+def refuses_connections(addr: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(addr, timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def read_until(tls: ssl.SSLSocket, marker: bytes, buf: bytes = b"", limit: int = 200) -> bytes:
+    for _ in range(limit):  # bounded: each recv waits at most the socket timeout
+        if marker in buf:
+            return buf
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    raise AssertionError(f"{marker!r} not received; got {buf[-200:]!r}")
+
+
+def test_sigterm_lets_an_open_tunnel_finish_its_transfer(tmp_path: Path, test_ca: TestCA) -> None:
+    with start_ops_world(tmp_path, test_ca, args=["--drain-seconds", "20"]) as world:
+        with tunnel(world, "alpha", "api.allowed.test") as tls:
+            tls.sendall(b"GET /sse?n=8&gap=0.25 HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
+            buf = read_until(tls, b"data: event 0")
+
+            world.proxy.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: refuses_connections(world.addr))  # stopped accepting
+
+            buf = read_until(tls, b"data: event 7", buf)  # ... but the stream goes on
+            buf = read_until(tls, b"0\r\n\r\n", buf)  # to its last chunk
+            assert buf.count(b"data: event") == 8
+            assert world.proxy.alive()  # still draining: this tunnel is open
+        assert world.proxy.process.wait(20) == 0
+        log = world.proxy.log()
+        # (the count may include a probe from refuses_connections that raced the close)
+        assert "SIGTERM: no longer accepting connections; waiting up to 20s for " in log
+        assert "drained: every connection finished" in log
+        # The audit log is complete: the tunnel's decision was written before exit.
+        assert audit_where(world.proxy, skill="alpha", host="api.allowed.test", decision="allow")
+
+
+def test_drain_stops_waiting_after_drain_seconds(tmp_path: Path, test_ca: TestCA) -> None:
+    with start_ops_world(tmp_path, test_ca, args=["--drain-seconds", "1"]) as world:
+        with tunnel(world, "alpha", "api.allowed.test") as tls:
+            assert get(tls, "api.allowed.test").status == 200  # then idle, never closed
+            world.proxy.process.send_signal(signal.SIGTERM)
+            assert world.proxy.process.wait(20) == 0
+            tls.settimeout(5)
+            try:
+                closed = tls.recv(1) == b""
+            except (ssl.SSLError, OSError):
+                closed = True
+            assert closed  # the idle tunnel was closed by egress's exit
+        assert "drain timeout: closing 1 connections still open" in world.proxy.log()
+
+
+def test_second_sigterm_stops_at_once(tmp_path: Path, test_ca: TestCA) -> None:
+    with start_ops_world(tmp_path, test_ca, args=["--drain-seconds", "600"]) as world:
+        with tunnel(world, "alpha", "api.allowed.test") as tls:
+            assert get(tls, "api.allowed.test").status == 200
+            world.proxy.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: "no longer accepting connections" in world.proxy.log())
+            world.proxy.process.send_signal(signal.SIGTERM)
+            assert world.proxy.process.wait(20) == 0
+        assert "SIGTERM again: stopping now" in world.proxy.log()
