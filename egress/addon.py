@@ -23,6 +23,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
 from egress.audit import AuditRecord, new_request_id
+from egress import header_limit
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.identity import parse_proxy_authorization
@@ -79,6 +80,7 @@ class EgressAddon:
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
+        header_limit.install()
         loader.add_option("egress_policies", str, "",
                           "Directory of egress policy YAML files (required).")
         loader.add_option("egress_data_dir", str, "",

@@ -37,6 +37,11 @@ __all__ = ["Account", "PROXY_VARS", "CA_VARS", "jail_environment", "resolve_acco
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
+# Other tools' CA-file variables: when one is already set, it is pointed at the bundle too,
+# so no tool keeps trusting a file without egress's CA.
+EXTRA_CA_VARS = ("GIT_SSL_CAINFO", "AWS_CA_BUNDLE", "PIP_CERT", "HTTPLIB2_CA_CERTS", "DENO_CERT",
+                 "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "NIX_SSL_CERT_FILE",
+                 "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE")
 # Removed from the command's environment: proxy exceptions (nothing bypasses egress) and the
 # token variable (the proxy URLs already carry the skill's credentials).
 DROPPED_VARS = ("NO_PROXY", "no_proxy", "EGRESS_TOKEN")
@@ -90,6 +95,7 @@ def jail_environment(base: Mapping[str, str], *, proxy: str, ca_bundle: str,
     env = {k: v for k, v in base.items() if k not in DROPPED_VARS}
     env.update(dict.fromkeys(PROXY_VARS, proxy))
     env.update(dict.fromkeys(CA_VARS, ca_bundle))
+    env.update(dict.fromkeys((k for k in EXTRA_CA_VARS if k in env), ca_bundle))
     if account.name is not None:
         env.update(USER=account.name, LOGNAME=account.name)
     if account.home is not None:

@@ -43,7 +43,7 @@ from egress.openclaw.store import (
 from egress.policy.load import load_policy_dir, load_policy_texts
 from egress.policy.model import PolicySet
 
-__all__ = ["ImportOptions", "ImportResult", "STATE_FILE", "run_import"]
+__all__ = ["ImportOptions", "ImportResult", "STATE_FILE", "find_leftovers", "run_import"]
 
 STATE_FILE = "openclaw-import.json"  # in DATA_DIR: where the policies are, for `openclaw env`
 SETTINGS_FILE = "openclaw-settings.yaml"

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from egress.netguard.addresses import parse_ip_literal
 from egress.openclaw.keys import is_key_like_env, key_kind, make_placeholder, shape_matches
 from egress.openclaw.render import RenderedCredential, is_untouched, render_policy
 from egress.openclaw.skills import SkillInfo
 from egress.policy.match import parse_host_pattern
 from egress.policy.model import Credential, PolicySet
-from egress.netguard.addresses import parse_ip_literal
 from egress.secrets.base import Secret
 
 __all__ = ["ImportPlan", "PolicyFile", "SkillKeys", "StoredKey", "make_plan"]

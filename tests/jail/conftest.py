@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,13 @@ SKIP_REASON = (
     "needs Linux" if not sys.platform.startswith("linux") else None
 )
 needs_netns = [pytest.mark.netns, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
+
+
+def netns_only(test: Callable[..., None]) -> Callable[..., None]:
+    """Mark one test like a module with `pytestmark = needs_netns`."""
+    for mark in reversed(needs_netns):
+        test = mark(test)
+    return test
 
 
 def probe_python() -> str | None:

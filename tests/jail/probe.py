@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 import time
@@ -83,7 +84,9 @@ def listing(paths):
     out = {}
     for path in paths:
         try:
-            out[path] = sorted(os.listdir(path)) if os.path.isdir(path) else os.stat(path).st_size
+            mode = os.stat(path).st_mode
+            out[path] = (sorted(os.listdir(path)) if stat.S_ISDIR(mode) else
+                         "socket" if stat.S_ISSOCK(mode) else "chardev" if stat.S_ISCHR(mode) else "file")
         except OSError as exc:
             out[path] = error(exc)
     return {"ok": True, "paths": out}

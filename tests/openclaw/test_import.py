@@ -372,3 +372,17 @@ def test_root_importing_a_users_config_keeps_the_user_as_owner(claw: ClawHome) -
     for path in (claw.config, claw.config.with_name("openclaw.json.egress-backup")):
         st = path.stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
+
+
+def test_to_vault_with_settings_elsewhere_says_what_to_add(
+        claw: ClawHome, bao: OpenBao, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BAO_ADDR", bao.addr)
+    monkeypatch.setenv("BAO_TOKEN", bao.root_token)
+    claw.policies.mkdir()
+    (claw.policies / "base.yaml").write_text("settings:\n  dns: {timeout: 2}\n")
+    assert claw.import_("--to-vault", "secret/openclaw") == 0
+    assert not (claw.policies / "openclaw-settings.yaml").exists()
+    assert (f"note: add to the settings in {claw.policies / 'base.yaml'}: secrets: {{vault: "
+            f'{{addr: "{bao.addr}", auth: {{token_env: BAO_TOKEN}}}}}} so egress can read the '
+            "imported keys") in capsys.readouterr().out

@@ -15,6 +15,7 @@ from egress.openclaw.config import (
     rewrite_config_text,
     save_backup,
 )
+from egress.openclaw.importer import find_leftovers
 from egress.openclaw.skills import discover_skills, parse_skill_md
 
 
@@ -140,3 +141,20 @@ def test_backup_is_written_once_then_numbered(tmp_path: Path) -> None:
     assert second == tmp_path / "openclaw.json.egress-backup.2"
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
     assert stat.S_IMODE(second.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("config, expected", [
+    pytest.param({"models": {"providers": {"openai": {"apiKey": "sk-" + "a" * 40}}}},
+                 ["models.providers.openai.apiKey"], id="provider key"),
+    pytest.param({"channels": {"telegram": {"botToken": "123456:ABCdefGHIjklMNOpqr"}}},
+                 ["channels.telegram.botToken"], id="channel bot token"),
+    pytest.param({"agents": {"list": [{"sandbox": {"docker": {"env": {"STRIPE_KEY": "rk_x_12345678"}}}}]}},
+                 ["agents.list[0].sandbox.docker.env.STRIPE_KEY"], id="sandbox env by name"),
+    pytest.param({"x": {"note": "ghp_" + "a" * 36}}, ["x.note"], id="known prefix anywhere"),
+    pytest.param({"models": {"providers": {"openai": {"apiKey": "${OPENAI_API_KEY}"}}}}, [],
+                 id="env substitution is not a key"),
+    pytest.param({"gateway": {"auth": {"mode": "token"}}, "skills": {"entries": {"a": {"apiKey": "PH"}}}},
+                 [], id="placeholders and plain settings are fine"),
+])
+def test_leftover_keys_are_found_by_path(config: dict[str, object], expected: list[str]) -> None:
+    assert find_leftovers(config, {"PH"}) == expected

@@ -121,6 +121,7 @@ def test_suggestion_from_report_mode_allows_exactly_the_observed_hosts(
         assert not decide(policy, "reporter", Destination(host, p)).allowed, host
 
     wild = run_suggest(ops, "--wildcards")
+    assert wild.returncode == 0, wild.stderr
     (tmp_path / "wild").mkdir()
     (tmp_path / "wild" / "reporter.yaml").write_text(wild.stdout)
     assert check(tmp_path / "wild")["rules"] == 2
