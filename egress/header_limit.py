@@ -41,14 +41,13 @@ def install(max_bytes: int = MAX_HEAD_BYTES) -> None:
         if isinstance(event, events.DataReceived) and len(self.buf) > max_bytes:
             head = bytes(self.buf)[: max_bytes + 4]
             if b"\r\n\r\n" not in head and b"\n\n" not in head:
+                self.state = self.done  # nothing more is read from this connection
                 # "Bad ..." makes ProtocolErrorAudit write the refusal to the audit log.
                 yield commands.Log(f"{human.format_address(self.conn.peername)}: Bad request "
                                    f"head larger than {max_bytes} bytes")
                 yield commands.SendData(self.conn, _http1.make_error_response(
                     431, status_codes.RESPONSES.get(431, "Request Header Fields Too Large")))
                 yield commands.CloseConnection(self.conn)
-                self.buf.clear()
-                self.state = self.done
                 return
         yield from original(self, event)
 

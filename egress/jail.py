@@ -205,10 +205,11 @@ class Relay:
         self._writers.add(writer)
         upstream: asyncio.StreamWriter | None = None
         try:
-            up_reader, upstream = await asyncio.wait_for(
+            up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.target), _CONNECT_TIMEOUT)
-            self._writers.add(upstream)
-            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+            upstream = up_writer
+            self._writers.add(up_writer)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except (OSError, TimeoutError):
             pass  # egress unreachable: the client sees its connection close
         finally:
@@ -311,7 +312,7 @@ async def run(spec: JailSpec) -> int:
     loop = asyncio.get_running_loop()
     server: asyncio.Server | None = None
     proc: asyncio.subprocess.Process | None = None
-    handled: list[int] = []
+    handled: list[signal.Signals] = []
     killers: list[asyncio.TimerHandle] = []
     try:
         server = await asyncio.start_server(relay.handle, sock=namespace.listener)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from egress.audit import AuditRecord
 from egress.reasons import Reason
 
-__all__ = ["ProtocolErrorAudit"]
+__all__ = ["ProtocolErrorAudit", "RedactRawBytes"]
 
 # "<client address>: <parser error>[: quoted bytes]" from mitmproxy's HTTP/1 read_headers.
 _PARSE_ERROR = re.compile(
@@ -24,6 +24,24 @@ _PARSE_ERROR = re.compile(
     r"[A-Za-z0-9 /-]{0,60})"
 )
 _INCOMPLETE = "Client closed connection before completing request headers"
+# A Python bytes repr, as mitmproxy quotes raw request data in these log lines.
+_BYTES_REPR = re.compile(r"""b(?:'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)""", re.DOTALL)
+
+
+class RedactRawBytes(logging.Filter):
+    """Replace raw request bytes in mitmproxy's log lines with their length.
+
+    mitmproxy quotes what it could not parse (`Bad HTTP request line: b'...'`, `Client closed
+    connection before completing request headers: b'...'`). Those bytes can hold a skill's
+    Proxy-Authorization token, a credential or a query string, and no secret may reach a log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "b'" in message or 'b"' in message:
+            record.msg = _BYTES_REPR.sub(lambda m: f"<{len(m.group(0))} bytes redacted>", message)
+            record.args = ()
+        return True
 
 
 class ProtocolErrorAudit(logging.Handler):
@@ -51,7 +69,10 @@ class ProtocolErrorAudit(logging.Handler):
             self.handleError(log_record)
 
     def install(self) -> None:
-        logging.getLogger("mitmproxy.proxy.server").addHandler(self)
+        logger = logging.getLogger("mitmproxy.proxy.server")
+        logger.addHandler(self)
+        if not any(isinstance(f, RedactRawBytes) for f in logger.filters):
+            logger.addFilter(RedactRawBytes())
 
     def uninstall(self) -> None:
         logging.getLogger("mitmproxy.proxy.server").removeHandler(self)

@@ -34,8 +34,8 @@ log = logging.getLogger("egress")
 Stamp = tuple[tuple[str, int, int, int], ...]
 
 
-def fingerprint(directory: Path, *extra: Path) -> Stamp:
-    """What changes when a policy file (or an `extra` file) is written, added or removed."""
+def fingerprint(directory: Path) -> Stamp:
+    """What changes when a policy file is written, added or removed."""
     stamps: list[tuple[str, int, int, int]] = []
     try:
         with os.scandir(directory) as entries:
@@ -44,8 +44,6 @@ def fingerprint(directory: Path, *extra: Path) -> Stamp:
                     stamps.append(_stamp(entry.path, entry.name))
     except OSError:
         stamps.append((str(directory), -1, -1, -1))
-    for path in extra:
-        stamps.append(_stamp(str(path), str(path)))
     return tuple(sorted(stamps))
 
 

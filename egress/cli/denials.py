@@ -88,7 +88,8 @@ def print_groups(groups: list[Group], by: str, *, as_json: bool, out: Any) -> No
             out.write(json.dumps({by: g.key, "count": g.count, "first": g.first,
                                   "last": g.last}) + "\n")
         return
-    rows = [(g.key, str(g.count), _short_time(g.first), _short_time(g.last)) for g in groups]
+    rows: list[tuple[str, ...]] = [
+        (g.key, str(g.count), _short_time(g.first), _short_time(g.last)) for g in groups]
     _table((by.upper(), "COUNT", "FIRST SEEN", "LAST SEEN"), rows, out)
     if not groups:
         print("no denials match", file=sys.stderr)

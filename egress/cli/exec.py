@@ -181,9 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> str:
+    token: str
     if args.token_file is not None:
         try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read --token-file {args.token_file}: "
                               f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ __all__ = ["ImportOptions", "ImportResult", "STATE_FILE", "find_leftovers", "run
 
 STATE_FILE = "openclaw-import.json"  # in DATA_DIR: where the policies are, for `openclaw env`
 SETTINGS_FILE = "openclaw-settings.yaml"
+_SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class ImportResult:
 
 def run_import(opts: ImportOptions) -> ImportResult:
     """Import the keys of an OpenClaw config. Raises ConfigError, PolicyErrors, SecretError."""
+    if opts.gateway is not None and not _SKILL_NAME.match(opts.gateway):
+        raise ConfigError(f"--gateway {opts.gateway!r}: a skill name uses letters, digits, "
+                          "'.', '_' and '-' (at most 64)")
     text, config = read_config(opts.config)
     roots = [*opts.skills_dirs, *default_skill_roots(opts.config, config)]
     discovery = discover_skills(roots)
@@ -105,7 +110,8 @@ def run_import(opts: ImportOptions) -> ImportResult:
     for policy in plan.policies:
         write_atomically(policy.path, policy.text.encode("utf-8"), 0o644)
         result.written.append(policy.path)
-    load_policy_dir(opts.policies)  # what was written must load, or the run fails loudly
+    if _yaml_files(opts.policies):
+        load_policy_dir(opts.policies)  # what was written must load, or the run fails loudly
     if rewrite is not None and rewrite.text != text:
         target = opts.config.resolve()  # a symlinked config: rewrite the file, keep the link
         st = os.stat(target)

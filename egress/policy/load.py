@@ -294,7 +294,7 @@ class _Builder:
         fields = self.mapping(file, node, field, _LIMIT_KEYS)
         if fields is None:
             return None
-        if not fields:
+        if not node.value:  # (an unknown key alone is reported as such, not as empty)
             self.error(file, node, field, f"empty; set {' and/or '.join(_LIMIT_KEYS)}")
             return None
         values: dict[str, int] = {}

@@ -264,3 +264,20 @@ def test_half_open_connection_does_not_block_others(world: World) -> None:
     finally:
         s.close()
     assert world.proxy.alive()
+
+
+def test_raw_bytes_of_refused_requests_never_reach_the_process_log(world: World) -> None:
+    token = world.proxy.tokens["alpha"]
+    with socket.create_connection(world.proxy_addr, timeout=10) as s:  # closes mid-head
+        s.sendall(f"CONNECT api.allowed.test:1 HTTP/1.1\r\nProxy-Authorization: "
+                  f"{basic('alpha', token)}\r\n".encode())
+    with socket.create_connection(world.proxy_addr, timeout=10) as s:  # unparsable line
+        s.sendall(f"\x00GET http://x/?key={token} HTTP/1.1\r\n\r\n".encode())
+        s.settimeout(5)
+        s.recv(100)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "bytes redacted" not in world.proxy.log():
+        time.sleep(0.05)
+    log = world.proxy.log()
+    assert "bytes redacted" in log
+    assert token not in log and basic("alpha", token).split()[1] not in log

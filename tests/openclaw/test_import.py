@@ -386,3 +386,21 @@ def test_to_vault_with_settings_elsewhere_says_what_to_add(
     assert (f"note: add to the settings in {claw.policies / 'base.yaml'}: secrets: {{vault: "
             f'{{addr: "{bao.addr}", auth: {{token_env: BAO_TOKEN}}}}}} so egress can read the '
             "imported keys") in capsys.readouterr().out
+
+
+def test_a_config_without_skill_keys_changes_nothing(claw: ClawHome,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    small_home(claw, "    peekaboo: { enabled: true },")
+    before = snapshot(claw.home)
+    assert claw.import_() == 0
+    assert "no skill in skills.entries holds a key: nothing to import" in capsys.readouterr().out
+    assert snapshot(claw.home) == before
+    assert not claw.policies.exists()
+
+
+def test_gateway_name_must_be_a_skill_name(claw: ClawHome,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert claw.import_("--gateway", "open claw") == 1
+    assert capsys.readouterr().err == (
+        "egress: --gateway 'open claw': a skill name uses letters, digits, '.', '_' and '-' "
+        "(at most 64)\n")

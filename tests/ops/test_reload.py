@@ -153,3 +153,28 @@ def live_metrics(world: OpsWorld) -> dict[str, float]:
     resp = world.admin("GET", "/metrics", token=False)
     assert resp.status_code == 200
     return parse_metrics(resp.text)
+
+
+# -- the watcher's fingerprint, without a proxy -------------------------------------------
+
+def test_fingerprint_sees_policy_files_only(tmp_path: Path) -> None:
+    from egress.reload import fingerprint
+
+    (tmp_path / "a.yaml").write_text("skills: {}\n")
+    first = fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "a.yaml.swp").write_text("editor swap file, ignored")
+    assert fingerprint(tmp_path) == first
+    for change in (lambda: (tmp_path / "b.yml").write_text("skills: {}\n"),
+                   lambda: (tmp_path / "a.yaml").write_text("skills: {x: {}}\n"),
+                   lambda: (tmp_path / "b.yml").unlink()):
+        before = fingerprint(tmp_path)
+        change()
+        assert fingerprint(tmp_path) != before
+
+
+def test_reloader_without_a_runtime_reports_why(tmp_path: Path) -> None:
+    from egress.reload import Reloader
+
+    result = Reloader(lambda: None).reload("admin")
+    assert (result.ok, result.errors) == (False, ("egress has no policy directory loaded",))
