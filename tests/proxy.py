@@ -86,8 +86,11 @@ def run_proxy(policies: Path, data_dir: Path, skills: list[str], *, host: str = 
     tokens = {s: store.issue(s) for s in skills}
     port = free_port(host)
     log_path = data_dir / "serve.log"
+    args = list(args or [])
+    if "--admin" not in args:  # the default admin port would collide between parallel proxies
+        args += ["--admin", f"127.0.0.1:{free_port()}"]
     cmd = [EGRESS, "serve", "--policies", str(policies), "--data-dir", str(data_dir),
-           "--listen", f"{host}:{port}", *(args or [])]
+           "--listen", f"{host}:{port}", *args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})

@@ -100,6 +100,10 @@ class AddressGuard:
                 return Blocked(BLOCKED_ADDRESS, describe(literal, port, label, networks), (literal,))
             return self._pin(host, port, literal)
 
+        if host == "localhost" or host.endswith(".localhost"):
+            # RFC 6761: resolvers may answer these with loopback without asking DNS; never
+            # let a configured nameserver decide what "localhost" means.
+            return Blocked(BLOCKED_ADDRESS, f"{host} is a loopback name")
         try:
             addresses = await self._resolver.resolve(host)
         except ResolveError as exc:

@@ -117,11 +117,17 @@ def blocked(detail: str, *addresses: str) -> Blocked:
         pytest.param(SERVFAIL, Blocked("dns_failure", "SERVFAIL"), id="SERVFAIL"),
         pytest.param(NODATA, Blocked("dns_failure", "no A/AAAA records"), id="no addresses"),
         pytest.param(SILENT, Blocked("dns_failure", "timed out after 0.5s"), id="server never answers"),
+        pytest.param("localhost", Blocked("blocked_address", "localhost is a loopback name"),
+                     id="localhost is refused without asking DNS"),
+        pytest.param("api.localhost", Blocked("blocked_address", "api.localhost is a loopback name"),
+                     id="names under localhost too"),
     ],
 )
 async def test_vet_names(dns_server: DnsServer, host: str, expected: Vetted | Blocked) -> None:
     guard = make_guard(dns_server)
     assert await guard.vet(host, 443) == expected
+    if host.endswith("localhost"):
+        assert dns_server.count(host, "A") == 0
     if isinstance(expected, Blocked):
         assert not any(guard.was_vetted(ip, 443) for ip in expected.addresses)
 
