@@ -48,12 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a ~3 minute run: fewer requests, rounds")
-    p.add_argument("--rounds", type=int, help="rounds of the network workloads (default 3, quick 2)")
+    p.add_argument("--rounds", type=int,
+                   help="rounds of the network workloads (default 3, quick 2)")
     p.add_argument("--scale", type=float, help="multiply request counts (default 1, quick 0.2)")
     p.add_argument("--only", action="append", choices=SECTIONS,
                    help="run only this section (repeatable)")
     p.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
     p.add_argument("--tunnels", type=int, default=1000, help="idle tunnels to hold (default 1000)")
+    p.add_argument("--noise-pct", type=float, default=20.0,
+                   help="retake a sample when processes outside the benchmark took more than "
+                        "this share of the machine's CPU meanwhile (default 20)")
+    p.add_argument("--retries", type=int, help="how often to retake a noisy sample "
+                                                "(default 1, quick 0)")
     p.add_argument("--no-kow", action="store_true", help="skip keys-on-the-wire")
     p.add_argument("--out", type=Path, help="directory for results.md and results.json "
                                             "(default: a new directory under /tmp)")
@@ -64,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Ctrl-C must stop the run even where the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sections = tuple(args.only or SECTIONS)
     rounds = args.rounds or (2 if args.quick else 3)
     scale = args.scale or (0.2 if args.quick else 1.0)
@@ -72,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown contender(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
-    out_dir = args.out or Path(tempfile.mkdtemp(prefix="egress-bench-results-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="egress-bench-"))
     tables: list[report.Table] = []
-    data: dict[str, Any] = {"args": vars(args) | {"out": str(out_dir)}, "rounds": rounds,
-                            "scale": scale}
+    data: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
+                            "rounds": rounds, "scale": scale}
     notes: list[str] = []
     try:
         if "network" in sections or "memory" in sections:
@@ -109,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 ca = write_test_ca(work)
                 up = start_nginx(sup, work, ca)
                 egress, mitmdump = find_tools()
-                run = Run(sup, work, up, Tools(egress, mitmdump, kow_python), log)
+                run = Run(sup, work, up, Tools(egress, mitmdump, kow_python), log,
+                          noise_pct=args.noise_pct,
+                          retries=args.retries if args.retries is not None else
+                          (0 if args.quick else 1))
                 if "network" in sections:
                     loads = workloads(scale)
                     log(f"network workloads: {rounds} rounds x {len(names)} contenders")
@@ -135,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    text = _summary(data, tables, notes, markdown=False)
-    print(text)
+    print(_summary(data, tables, notes, markdown=False))
+    out_dir = args.out or Path(tempfile.mkdtemp(prefix="egress-bench-results-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.md").write_text(_summary(data, tables, notes, markdown=True))
     (out_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
     log(f"results written to {out_dir}/results.md and results.json "

@@ -46,7 +46,8 @@ def ensure_tools(log: Callable[[str], None]) -> None:
     # Debian starts services on install where it can; the benchmark runs its own.
     for service in ("nginx", "squid"):
         if service in missing and shutil.which("service"):
-            subprocess.run(["service", service, "stop"], capture_output=True, timeout=60)
+            subprocess.run(["service", service, "stop"], capture_output=True, timeout=60,
+                           check=False)
     still = [pkg for cmd, pkg in PACKAGES.items() if _which(cmd) is None]
     if still:
         raise RuntimeError(f"apt-get did not provide {', '.join(still)}")
@@ -79,7 +80,8 @@ def ensure_kow(log: Callable[[str], None]) -> tuple[str | None, str]:
 def _kow_version(python: str) -> str | None:
     code = "import importlib.metadata as m, kow; print(m.version('keys-on-the-wire'))"
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -101,7 +103,7 @@ class Machine:
 
 def _out(cmd: list[str]) -> str:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return (p.stdout or p.stderr).strip()

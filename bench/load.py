@@ -47,12 +47,12 @@ class Sample:
 
 
 _HEY_FIELDS = {
-    "total": re.compile(r"^\s*Total:\s+([\d.]+) secs", re.M),
-    "p50": re.compile(r"^\s*50%+ in ([\d.]+) secs", re.M),
-    "p99": re.compile(r"^\s*99%+ in ([\d.]+) secs", re.M),
+    "total": re.compile(r"^\s*Total:\s+([\d.]+) secs", re.MULTILINE),
+    "p50": re.compile(r"^\s*50%+ in ([\d.]+) secs", re.MULTILINE),
+    "p99": re.compile(r"^\s*99%+ in ([\d.]+) secs", re.MULTILINE),
 }
-_HEY_STATUS = re.compile(r"^\s*\[(\d+)\]\s+(\d+) responses", re.M)
-_HEY_ERROR = re.compile(r"^\s*\[(\d+)\]\s+(.+)$", re.M)
+_HEY_STATUS = re.compile(r"^\s*\[(\d+)\]\s+(\d+) responses", re.MULTILINE)
+_HEY_ERROR = re.compile(r"^\s*\[(\d+)\]\s+(.+)$", re.MULTILINE)
 
 
 def hey(url: str, *, proxy: str | None, n: int, c: int, keepalive: bool,
@@ -64,7 +64,8 @@ def hey(url: str, *, proxy: str | None, n: int, c: int, keepalive: bool,
         cmd.append("-disable-keepalive")
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=timeout,
+                         check=False)
     return parse_hey(out.stdout + out.stderr, expect)
 
 
@@ -104,7 +105,8 @@ def curl(url: str, *, proxy: str | None, cacert: str | None, headers: dict[str, 
         cmd += ["--cacert", cacert]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=timeout + 30)
+    out = subprocess.run([*cmd, url], capture_output=True, text=True,
+                         timeout=timeout + 30, check=False)
     try:
         seconds, size, status = out.stdout.split()
         return float(seconds), int(size), int(status)

@@ -60,7 +60,8 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 async def _open_tunnel(proxy: str, host: str, port: int, path: str,
-                       headers: dict[str, str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                       headers: dict[str, str]
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     p = urlsplit(proxy)
     reader, writer = await asyncio.open_connection(p.hostname, p.port)
     auth = ""
@@ -99,7 +100,7 @@ async def _idle(service: Service, proxy: str, host: str, port: int, path: str,
         async with gate:
             try:
                 return await asyncio.wait_for(_open_tunnel(proxy, host, port, path, headers), 30)
-            except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+            except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError,
                     ssl.SSLError) as exc:
                 problems.append(f"{type(exc).__name__}: {exc}"[:160])
                 return None

@@ -12,6 +12,7 @@ is subtracted, so p50/p99 are per call, not averages over batches.
 
 from __future__ import annotations
 
+import functools
 import gc
 import ipaddress
 import random
@@ -108,8 +109,11 @@ def time_calls(name: str, calls: Sequence[Callable[[], object]], note: str = "")
         call()
         spans.append(clock() - t0 - overhead)
     spans.sort()
-    p = lambda q: max(spans[min(len(spans) - 1, int(q * len(spans)))], 0) / 1000  # noqa: E731
-    return Timing(name, len(spans), p(0.50), p(0.99), note)
+
+    def pct(q: float) -> float:
+        return max(spans[min(len(spans) - 1, int(q * len(spans)))], 0) / 1000
+
+    return Timing(name, len(spans), pct(0.50), pct(0.99), note)
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def bench_decide(policy: PolicySet, rules: int, calls: int) -> tuple[Timing, int
     dests = destinations(rules, calls)
     wrong = check_decisions(policy, dests)
     timing = time_calls(f"decide() at {rules:,} rules",
-                        [lambda d=d: decide(policy, SKILL, d) for d, _ in dests],
+                        [functools.partial(decide, policy, SKILL, d) for d, _ in dests],
                         note="mix: allow exact/wildcard/request, deny host/method/apex")
     return timing, wrong
 
@@ -167,7 +171,7 @@ def bench_tokens(calls: int) -> list[Timing]:
         ):
             if store.verify(skill, tok) is not expect:
                 raise AssertionError(f"{label}: verify() gave the wrong answer")
-            out.append(time_calls(label, [lambda s=skill, t=tok: store.verify(s, t)] * calls,
+            out.append(time_calls(label, [functools.partial(store.verify, skill, tok)] * calls,
                                   note="100 skills in the store; includes the stat() of the file"))
         return out
 
@@ -183,7 +187,8 @@ def bench_classify(calls: int) -> Timing:
         "2606:4700::1111", "::ffff:192.168.1.1", "64:ff9b::a01:101", "fd00::1", "8.8.8.8",
     )]
     ips = [samples[i % len(samples)] for i in range(calls)]
-    return time_calls("netguard.classify()", [lambda ip=ip: classify(ip, 443, nets) for ip in ips],
+    return time_calls("netguard.classify()", [functools.partial(classify, ip, 443, nets)
+                                              for ip in ips],
                       note="mix of public, private, metadata, v6, v4-in-v6; with allow/deny lists")
 
 

@@ -15,7 +15,8 @@ from bench.memory import IdleResult, StreamResult
 from bench.micro import MicroResult
 from bench.workloads import Facts, Workload
 
-__all__ = ["RATIOS", "Table", "figure_tables", "memory_tables", "micro_tables", "ratio_tables", "render"]
+__all__ = ["RATIOS", "Table", "figure_tables", "memory_tables", "micro_tables", "ratio_tables",
+           "render"]
 
 # (egress contender, the one it is compared with)
 RATIOS = (("egress-pass", "mitmdump-pass"), ("egress-mitm", "mitmdump-mitm"),
@@ -32,8 +33,11 @@ def render(table: Table, markdown: bool) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + "\n"
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=False)))
+
     rule = "-" * len(fmt(header))
     return "\n".join([title, rule, fmt(header), rule, *map(fmt, rows), ""])
 
@@ -81,7 +85,8 @@ def figure_tables(loads: list[Workload], results: dict[str, dict[str, list[Sampl
                   if w.transfer else
                   ["contender", "req/s", "p50 ms", "p99 ms", "CPU s/1k req", "peak RSS MB",
                    "failed", "bg CPU %", "rounds"])
-        count = "" if w.transfer else f" ({w.n:,} requests)"
+        count = ("" if w.transfer else f" ({w.n:,} requests)" if not w.n_mitm else
+                 f" ({w.n:,} requests; {w.n_mitm:,} through intercepting proxies)")
         tables.append((f"{w.title}{count}", header, rows))
     return tables
 
@@ -106,11 +111,11 @@ def ratio_tables(loads: list[Workload], results: dict[str, dict[str, list[Sample
     speed_rows, cpu_rows = [], []
     for w in loads:
         per = results.get(w.key, {})
-        speed = lambda n: _median([s.mb_per_s if w.transfer else s.rps  # noqa: E731
-                                   for s in per.get(n, [])])
-        cpu = lambda n: _cpu_per(per.get(n, []), 1000)  # noqa: E731
-        speed_rows.append([w.key] + [_ratio(speed(a), speed(b)) for a, b in RATIOS])
-        cpu_rows.append([w.key] + [_ratio(cpu(a), cpu(b)) for a, b in RATIOS])
+        speed = {n: _median([s.mb_per_s if w.transfer else s.rps for s in ss])
+                 for n, ss in per.items()}
+        cpu = {n: _cpu_per(ss, 1000) for n, ss in per.items()}
+        speed_rows.append([w.key] + [_ratio(speed.get(a), speed.get(b)) for a, b in RATIOS])
+        cpu_rows.append([w.key] + [_ratio(cpu.get(a), cpu.get(b)) for a, b in RATIOS])
     return [
         ("Throughput ratio, egress / other (req/s or MB/s; above 1.00x egress is faster)",
          header, speed_rows),

@@ -38,7 +38,11 @@ class Workload:
     keepalive: bool = True
     c: int = 1
     n: int = 0  # requests (hey); 0: one curl download
+    n_mitm: int = 0  # requests for contenders that intercept TLS (0: n)
     expect: int = 200
+
+    def count(self, intercepts: bool) -> int:
+        return self.n_mitm if intercepts and self.n_mitm else self.n
 
     @property
     def transfer(self) -> bool:
@@ -46,22 +50,27 @@ class Workload:
 
 
 def workloads(scale: float = 1.0) -> list[Workload]:
+    """The workloads; request counts times `scale`. Intercepting contenders get `n_mitm`
+    requests (they are ~10x slower: the same count would take minutes), every pair that is
+    compared gets the same count."""
     def n(count: int) -> int:
-        return max(20, int(count * scale))
+        return max(40, int(count * scale))
 
     return [
-        Workload("https-ka-c1", "HTTPS 1 KiB, keep-alive, c=1", _TLS, c=1, n=n(2000)),
-        Workload("https-ka-c20", "HTTPS 1 KiB, keep-alive, c=20", _TLS, c=20, n=n(5000)),
+        Workload("https-ka-c1", "HTTPS 1 KiB, keep-alive, c=1", _TLS, c=1, n=n(5000),
+                 n_mitm=n(2000)),
+        Workload("https-ka-c20", "HTTPS 1 KiB, keep-alive, c=20", _TLS, c=20, n=n(20000),
+                 n_mitm=n(5000)),
         Workload("https-new-c1", "HTTPS 1 KiB, new connection each, c=1", _TLS,
-                 keepalive=False, c=1, n=n(500)),
+                 keepalive=False, c=1, n=n(1000), n_mitm=n(500)),
         Workload("https-new-c20", "HTTPS 1 KiB, new connection each, c=20", _TLS,
-                 keepalive=False, c=20, n=n(1000)),
+                 keepalive=False, c=20, n=n(2000), n_mitm=n(1000)),
         Workload("http-ka-c20", "HTTP 1 KiB, keep-alive, c=20", _PLAIN, tls=False, c=20,
-                 n=n(5000)),
+                 n=n(10000)),
         Workload("http-new-c20", "HTTP 1 KiB, new connection each, c=20", _PLAIN, tls=False,
-                 keepalive=False, c=20, n=n(1000)),
+                 keepalive=False, c=20, n=n(2000)),
         Workload("deny-ka-c20", "Denied (403), HTTP keep-alive, c=20", _DENY, tls=False,
-                 path="/deny", c=20, n=n(5000), expect=403),
+                 path="/deny", c=20, n=n(10000), expect=403),
         Workload("get-100m", "HTTPS 100 MiB download (curl)", _TLS, path="/100m"),
     ]
 
@@ -84,8 +93,8 @@ class Run:
     log: Callable[[str], None]
     facts: dict[str, Facts] = field(default_factory=dict)
     credential: bool = True  # give egress-mitm a credential rule (turned off if it fails)
-    noise_pct: float = 10.0  # retake a sample when other processes took more CPU than this
-    retries: int = 2
+    noise_pct: float = 20.0  # retake a sample when other processes took more CPU than this
+    retries: int = 1
 
 
 def _url(run: Run, w: Workload) -> str:
@@ -134,8 +143,8 @@ def _one_sample(run: Run, c: Contender, w: Workload) -> Sample:
         return measured(c.service, download, [run.up.service])
 
     def load() -> Sample:
-        r = hey(url, proxy=c.proxy, n=w.n, c=w.c, keepalive=w.keepalive, headers=HEADERS,
-                expect=w.expect)
+        r = hey(url, proxy=c.proxy, n=w.count(c.intercepts), c=w.c, keepalive=w.keepalive,
+                headers=HEADERS, expect=w.expect)
         return Sample(rps=r.rps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, units=r.ok,
                       failed=r.failed, problem=r.problem)
 

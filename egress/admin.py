@@ -44,6 +44,8 @@ _MIN_TOKEN = 16
 _PING_TIMEOUT = 3.0
 _PING_CACHE = 2.0  # seconds a secret-manager health answer is reused (probe storms)
 
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 class Operated(Protocol):
     """What the admin endpoint reads from the running proxy (EgressAddon provides it)."""
@@ -102,9 +104,11 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
         fetches=stats.fetches, failures=stats.failures, hits=stats.hits,
         stale_uses=stats.stale_uses)
     failing = reloader.failing if reloader is not None else rt.reloads.last_error is not None
+    # Every skill of the policy reports 0 rather than vanishing when its last connection closes.
+    conns = {"": 0, **dict.fromkeys(rt.policy.skills, 0), **target.open_connections()}
     return Snapshot(
         policy_digest=rt.policy.digest, reloads_ok=rt.reloads.ok, reloads_failed=rt.reloads.failed,
-        reload_failing=failing, open_connections=target.open_connections(), secrets=secrets,
+        reload_failing=failing, open_connections=conns, secrets=secrets,
         audit_lines=rt.audit.lines_written, audit_write_errors=rt.audit.write_errors,
         audit_rotations=getattr(rt.audit, "rotations", 0), token_store_ok=rt.tokens.error is None,
     )
@@ -142,7 +146,8 @@ class AdminServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise ConfigError(f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror})") from exc
+            raise ConfigError(
+                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror})") from exc
         self._runner = runner
         addresses = runner.addresses
         if addresses:
@@ -157,11 +162,11 @@ class AdminServer:
 
     # -- auth ----------------------------------------------------------------------------
     @web.middleware
-    async def _auth(self, request: web.Request,
-                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         if self._token is not None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+            ok = (scheme.lower() == "bearer"
+                  and hmac.compare_digest(given.strip().encode(), self._token))
             if not ok:
                 return _json({"error": "unauthorized",
                               "message": "send Authorization: Bearer <admin token>"}, 401,
@@ -237,7 +242,8 @@ class AdminServer:
         return ok
 
 
-def _json(body: Mapping[str, Any], status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json(body: Mapping[str, Any], status: int,
+          headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=(json.dumps(body) + "\n").encode(),
                         headers={"Content-Type": "application/json", "Cache-Control": "no-store",
                                  **(headers or {})})

@@ -86,7 +86,8 @@ class Reloader:
             except Exception:  # a bug while reloading must not take the proxy down
                 log.exception("policy reload (%s) failed unexpectedly; keeping the policy", trigger)
                 ok = False
-            errors = () if ok else tuple((runtime.reloads.last_error or "reload failed").splitlines())
+            last_error = runtime.reloads.last_error or "reload failed"
+            errors = () if ok else tuple(last_error.splitlines())
             result = ReloadResult(ok, runtime.policy.digest, trigger, errors)
             self._refresh_tokens(runtime)
             if ok:

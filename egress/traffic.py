@@ -107,7 +107,8 @@ class ConnectionTracker:
             self._flush(conn, skill)
             self.metrics.add_bytes(skill, "out" if from_client else "in", size)
 
-        nextlayer.layer = CountingLayer(nextlayer.layer, client, on_bytes)  # type: ignore[assignment]
+        wrapped = CountingLayer(nextlayer.layer, client, on_bytes)
+        nextlayer.layer = wrapped  # type: ignore[assignment]
 
     def _flush(self, conn: _Conn, skill: str) -> None:
         if conn.pending_out:
@@ -115,9 +116,6 @@ class ConnectionTracker:
         if conn.pending_in:
             self.metrics.add_bytes(skill, "in", conn.pending_in)
         conn.pending_in = conn.pending_out = 0
-
-    def open_count(self) -> int:
-        return len(self._open)
 
     def open_by_skill(self) -> dict[str, int]:
         """Open connections per skill; "" for those not authenticated (yet)."""

@@ -47,6 +47,7 @@ EXTRA_CA_VARS = ("GIT_SSL_CAINFO", "AWS_CA_BUNDLE", "PIP_CERT", "HTTPLIB2_CA_CER
 DROPPED_VARS = ("NO_PROXY", "no_proxy", "EGRESS_TOKEN")
 
 _EXIT_UNAVAILABLE = 126  # like a shell's "found but cannot execute"
+WORKDIR_PREFIX = "egress-exec-"
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,13 @@ def run(args: argparse.Namespace) -> int:
     _check_proxy(host, port)
     data = data_dir(args)
     egress_ca = ensure_ca(data)
-    workdir = Path(tempfile.mkdtemp(prefix="egress-exec-"))
+    remove_stale_workdirs(Path(tempfile.gettempdir()))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     try:
         # Not the data dir: that is private to egress (0700) and the command runs as another
         # user. These files hold only public certificates and a resolver stub.
         workdir.chmod(0o755)
+        _write(workdir / "pid", str(os.getpid()))
         bundle = _write(workdir / "ca-bundle.pem",
                         ca_bundle(_system_cas(), egress_ca.read_text(encoding="ascii")))
         resolv = _write(workdir / "resolv.conf", jail.RESOLV_CONF)
@@ -178,6 +181,18 @@ def run(args: argparse.Namespace) -> int:
             return _EXIT_UNAVAILABLE
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def remove_stale_workdirs(tmp: Path) -> None:
+    """Remove what runs that were SIGKILLed (so never cleaned up) left in the temp directory."""
+    for directory in tmp.glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = directory.stat().st_uid
+            pid = int((directory / "pid").read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue
+        if owner == os.geteuid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _token(args: argparse.Namespace) -> str:

@@ -56,7 +56,8 @@ def register(sub: Any) -> None:
     s.add_argument("skill", metavar="SKILL")
     s.add_argument("--wildcards", action="store_true",
                    help="collapse two or more hosts under one parent domain into *.parent")
-    s.add_argument("--since", metavar="T", help="only records from T (an age such as 1d, or a time)")
+    s.add_argument("--since", metavar="T",
+                   help="only records from T (an age such as 1d, or a time)")
     add_data_dir(s)
     s.set_defaults(run=run)
 
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def suggest(skill: str, records: Iterable[dict[str, Any]], *, wildcards: bool = False) -> str | None:
+def suggest(skill: str, records: Iterable[dict[str, Any]], *,
+            wildcards: bool = False) -> str | None:
     """The suggested policy text, or None when the records show nothing for the skill."""
     seen = observed(records)
     if not seen:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -119,14 +119,15 @@ def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 
 
 def _pod(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
-    return deployment["spec"]["template"]
+    template: Mapping[str, Any] = deployment["spec"]["template"]
+    return template
 
 
 def _container_env(container: Mapping[str, Any]) -> dict[str, str]:
     return {e["name"]: str(e.get("value", "")) for e in container.get("env", [])}
 
 
-def k8s_problems(docs: list[Mapping[str, Any]], *, skill: str = "weather-skill") -> list[str]:
+def k8s_problems(docs: Sequence[Mapping[str, Any]], *, skill: str = "weather-skill") -> list[str]:
     problems: list[str] = []
     dep = _one(docs, "Deployment", "egress")
     if dep is None:
@@ -176,7 +177,7 @@ def k8s_problems(docs: list[Mapping[str, Any]], *, skill: str = "weather-skill")
     return problems
 
 
-def _network_policy_problems(docs: list[Mapping[str, Any]], egress_labels: Mapping[str, str],
+def _network_policy_problems(docs: Sequence[Mapping[str, Any]], egress_labels: Mapping[str, str],
                              proxy_ports: set[int], skill: str) -> list[str]:
     problems = []
     skill_dep = _one(docs, "Deployment", skill)

@@ -18,7 +18,8 @@ SKILL = "weather-skill"
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
 
 
 def test_the_skill_can_reach_nothing_but_egress(compose: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ REQUIREMENTS = ROOT / "docker" / "requirements.txt"
 
 
 def pins() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in REQUIREMENTS.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, sep, version = line.partition("==")

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import TestCA, write_policy
 from tests.dnsserver import DnsServer
-from tests.jail.netns import IP, CountingServer, Internet, internet_namespace, listening_socket, snapshot
+from tests.jail.netns import IP, CountingServer, Internet, existing, internet_namespace, listening_socket
 from tests.proxy import EGRESS, Proxy, run_proxy
 from tests.upstream import CountingListener, free_port
 
@@ -100,7 +100,8 @@ class JailWorld:
         """Run probe.py inside egress exec; its JSON answer."""
         result = self.run(self.probe_argv(**action))
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        return answer
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +121,6 @@ def jail_world(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
                public_dir: Path) -> Iterator[JailWorld]:
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
-    before = snapshot()
     tmp = tmp_path_factory.mktemp("jail")
     shutil.copy(test_ca.path, public_dir / "test-ca.pem")
     (public_dir / "test-ca.pem").chmod(0o644)
@@ -153,4 +153,5 @@ def jail_world(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
                                 public_dir, probe_python())
         finally:
             admin.close()
-    assert snapshot() == before, "the jail tests left a namespace or link behind"
+    namespaces, links = existing()
+    assert net.name not in namespaces and net.veth not in links, f"{net} was left behind"

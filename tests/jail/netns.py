@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -35,11 +36,22 @@ def ip(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def snapshot() -> tuple[frozenset[str], frozenset[str]]:
+_OURS = re.compile(r"egress-test-[0-9a-f]{6}|egt[0-9a-f]{6}[hn]")
+
+
+def existing() -> tuple[frozenset[str], frozenset[str]]:
     """Names of the named network namespaces and of the host's links."""
     namespaces = json.loads(ip("-j", "netns", "list") or "[]")
     links = json.loads(ip("-j", "link", "show") or "[]")
     return (frozenset(n["name"] for n in namespaces), frozenset(link["ifname"] for link in links))
+
+
+def snapshot() -> tuple[frozenset[str], frozenset[str]]:
+    """`existing()` without the tests' own internet namespaces and veths, which another run of
+    the suite on the same machine may be creating or removing at the same moment."""
+    namespaces, links = existing()
+    return (frozenset(n for n in namespaces if not _OURS.fullmatch(n)),
+            frozenset(n for n in links if not _OURS.fullmatch(n)))
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -51,7 +63,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
     octets = list(range(256))
     random.shuffle(octets)
     for octet in octets:
-        net = ipaddress.ip_network(f"10.200.{octet}.0/30")
+        net = ipaddress.IPv4Network(f"10.200.{octet}.0/30")
         if not any(net.overlaps(u) for u in used):
             return net
     raise RuntimeError("no free /30 in 10.200.0.0/16")

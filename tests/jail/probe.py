@@ -75,7 +75,8 @@ def info():
     with open(os.environ.get("SSL_CERT_FILE", "/dev/null")) as fh:
         bundle = fh.read()
     return {"ok": True, "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
-            "no_new_privs": status.get("NoNewPrivs"), "env": dict(os.environ), "resolv": resolv,
+            "no_new_privs": status.get("NoNewPrivs"), "capabilities": status.get("CapEff"),
+            "env": dict(os.environ), "resolv": resolv,
             "interfaces": [name for _, name in socket.if_nameindex()],
             "netns": os.readlink("/proc/self/ns/net"), "bundle": bundle}
 
@@ -93,8 +94,8 @@ def listing(paths):
 
 
 def sleep(seconds):
-    print(json.dumps({"ok": True, "pid": os.getpid(), "netns": os.readlink("/proc/self/ns/net")}),
-          flush=True)
+    print(json.dumps({"ok": True, "pid": os.getpid(), "netns": os.readlink("/proc/self/ns/net"),
+                      "bundle": os.environ.get("SSL_CERT_FILE")}), flush=True)
     time.sleep(seconds)
     return {"ok": True, "slept": seconds}
 

@@ -136,7 +136,7 @@ def policy_text(dns: DnsServer, tls: Upstream, plain: Upstream, extra: str = "")
 def start_ops_world(tmp: Path, ca: TestCA, *, token: str | None = None,
                     args: list[str] | None = None,
                     make_policy: Callable[[DnsServer, Upstream, Upstream], str] = policy_text,
-                    ) -> Iterator[OpsWorld]:
+                    env: dict[str, str] | None = None) -> Iterator[OpsWorld]:
     with DnsServer() as dns, \
             run_upstream(UPSTREAM_IP, ca=ca.ca, names=CERT_NAMES, tmp=str(tmp)) as tls, \
             run_upstream(UPSTREAM_IP, ca=None, names=[], tmp=str(tmp)) as plain:
@@ -147,7 +147,7 @@ def start_ops_world(tmp: Path, ca: TestCA, *, token: str | None = None,
         policy_file = policies / "policy.yaml"
         policy_file.write_text(make_policy(dns, tls, plain))
         admin_port = free_port()
-        env = {"EGRESS_ADMIN_TOKEN": token} if token else {"EGRESS_ADMIN_TOKEN": ""}
+        env = {**(env or {}), "EGRESS_ADMIN_TOKEN": token or ""}
         with run_proxy(policies, tmp / "data", SKILLS, env=env,
                        args=["--admin", f"127.0.0.1:{admin_port}", *(args or [])]) as proxy:
             wait_admin(admin_port)

@@ -200,6 +200,7 @@ def test_metrics_values_change_as_requests_are_made(ops: OpsWorld) -> None:
 
     after: dict[str, float] = {}
     wait_until(settled)
+    assert after[series("egress_open_connections", skill="alpha")] == 0  # 0, not absent
     assert delta("egress_decisions_total", skill="alpha", decision="deny",
                  reason="host_not_allowed") == 1
     assert delta("egress_decisions_total", skill="alpha", decision="allow", reason="allowed") == 2
