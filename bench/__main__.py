@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = Run(sup, work, up, Tools(egress, mitmdump, kow_python), log,
                           noise_pct=args.noise_pct,
                           retries=args.retries if args.retries is not None else
-                          (0 if args.quick else 1))
+                          (0 if args.quick else 1),
+                          # Retaking noisy samples may not push a full run past ~20 minutes.
+                          retry_until=time.monotonic() + (12 if not args.quick else 2) * 60)
                 if "network" in sections:
                     loads = workloads(scale)
                     log(f"network workloads: {rounds} rounds x {len(names)} contenders")

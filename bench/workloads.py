@@ -8,6 +8,7 @@ rounds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ class Run:
     credential: bool = True  # give egress-mitm a credential rule (turned off if it fails)
     noise_pct: float = 20.0  # retake a sample when other processes took more CPU than this
     retries: int = 1
+    retry_until: float = float("inf")  # time.monotonic() after which no sample is retaken
 
 
 def _url(run: Run, w: Workload) -> str:
@@ -118,7 +120,7 @@ def run_workload(run: Run, c: Contender, w: Workload) -> Sample:
     machine took more than `run.noise_pct` of its CPU, keeping the quietest attempt."""
     best = _one_sample(run, c, w)
     for _ in range(run.retries):
-        if (best.background_pct or 0.0) <= run.noise_pct:
+        if (best.background_pct or 0.0) <= run.noise_pct or time.monotonic() > run.retry_until:
             break
         run.log(f"    {c.name} {w.key}: {best.background_pct:.0f}% CPU taken by other "
                 "processes; measuring again")

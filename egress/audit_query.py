@@ -156,21 +156,22 @@ def group(records: Iterable[dict[str, Any]], by: str) -> list[Group]:
 
 
 def follow(
-    path: Path, *, poll: float = 0.5, stop: Callable[[], bool] = lambda: False,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[dict[str, Any]]:
-    """Records appended to `path` from now on, until stop() is true; follows rotation.
+    path: Path, *, from_start: bool = False, poll: float = 0.5,
+    stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[list[dict[str, Any]]]:
+    """Batches of records appended to `path` (from its start with from_start, else from now
+    on), one batch per read, until stop() is true; follows rotation.
 
     When the file is renamed away (rotation), the rest of the old file is read to its end
     before the new file is opened, so no line written meanwhile is missed. (A file that
     rotated twice within one `poll` interval would skip the middle file: with rotation
     sizes in megabytes that takes thousands of denials a second.)
     """
-    handle = _open_at_end(path)
+    handle = _open(path, at_end=not from_start)
     buffer = b""
     while not stop():
         if handle is None:
-            handle = _open_at_start(path)
+            handle = _open(path, at_end=False)
             if handle is None:
                 sleep(poll)
                 continue
@@ -178,7 +179,9 @@ def follow(
         if chunk:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
-            yield from _parse_lines(lines)
+            batch = list(_parse_lines(lines))
+            if batch:
+                yield batch
             continue
         if _replaced(handle, path):
             handle.close()
@@ -189,20 +192,14 @@ def follow(
         handle.close()
 
 
-def _open_at_end(path: Path) -> Any:
+def _open(path: Path, *, at_end: bool) -> Any:
     try:
         fh = open(path, "rb")  # noqa: SIM115 -- closed by follow()
     except OSError:
         return None
-    fh.seek(0, os.SEEK_END)
+    if at_end:
+        fh.seek(0, os.SEEK_END)
     return fh
-
-
-def _open_at_start(path: Path) -> Any:
-    try:
-        return open(path, "rb")  # noqa: SIM115 -- closed by follow()
-    except OSError:
-        return None
 
 
 def _replaced(handle: Any, path: Path) -> bool:

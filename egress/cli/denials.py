@@ -58,25 +58,31 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--follow and --by do not combine: grouping needs the whole log")
     query = build_query(args)
     directory = data_dir(args)
-    records = query.select(read_all(audit_files(directory)))
+    files = audit_files(directory)
     out = sys.stdout
     if args.by:
-        groups = group(records, args.by)
+        groups = group(query.select(read_all(files)), args.by)
         print_groups(groups, args.by, as_json=args.json, out=out)
         return 0
     printer = _JsonPrinter(out) if args.json else _TablePrinter(out)
-    for record in records:
-        printer.add(record)
-    printer.flush()
     if not args.follow:
+        for record in query.select(read_all(files)):
+            printer.add(record)
+        printer.flush()
         if not args.json and printer.count == 0:
             print("no denials match", file=sys.stderr)
         return 0
+    live = directory / AUDIT_FILE
     try:
-        for record in follow(directory / AUDIT_FILE):
-            if query.matches(record):
+        # Rotated files first, then the live file through one handle from its first line
+        # on: nothing written between the two reads is missed or printed twice.
+        for record in query.select(read_all(f for f in files if f != live)):
+            printer.add(record)
+        printer.flush()
+        for batch in follow(live, from_start=True):
+            for record in query.select(batch):
                 printer.add(record)
-                printer.flush()
+            printer.flush()
     except KeyboardInterrupt:
         pass
     return 0

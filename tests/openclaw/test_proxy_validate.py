@@ -132,9 +132,8 @@ def test_loopback_canary_is_refused_without_reaching_it(validator: Validator) ->
 @pytest.mark.parametrize("host, status, reason", [
     pytest.param("127.0.0.1", 403, "blocked_address", id="loopback literal"),
     pytest.param("[::ffff:127.0.0.1]", 403, "blocked_address", id="loopback as IPv4-mapped IPv6"),
-    # egress asks its own nameservers about every name, localhost too; the test DNS server
-    # does not know it. Either way nothing is dialled, which is all the validator needs.
-    pytest.param("localhost", 502, "dns_failure", id="localhost is looked up, never dialled"),
+    # RFC 6761: localhost names are refused as loopback without asking any nameserver.
+    pytest.param("localhost", 403, "blocked_address", id="localhost is refused without a lookup"),
 ])
 def test_loopback_canary_tunnel_is_refused(validator: Validator, host: str, status: int,
                                            reason: str) -> None:

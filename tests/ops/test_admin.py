@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from egress.admin import ADMIN_TOKEN_ENV, admin_token, check_admin_bind, is_loopback
@@ -56,8 +57,6 @@ def test_every_endpoint_needs_the_bearer_token(ops: OpsWorld, method: str, path:
 
 
 def test_basic_auth_with_the_right_token_is_not_a_bearer_token(ops: OpsWorld) -> None:
-    import httpx
-
     with httpx.Client(timeout=10, trust_env=False) as client:
         resp = client.get(f"http://127.0.0.1:{ops.admin_port}/healthz",
                           headers={"Authorization": basic("admin", ADMIN_TOKEN)})
@@ -179,14 +178,14 @@ def test_metrics_values_change_as_requests_are_made(ops: OpsWorld) -> None:
         assert get(tls, "api.allowed.test").status == 200
         during = ops.metrics()
         assert during[series("egress_open_connections", skill="alpha")] == 1
-    bad = connect_status(ops, "alpha", f"api.allowed.test:{ops.tls.port}")
-    assert bad.status == 200  # (an allowed CONNECT that closes at once)
-    wrong = ops.proxy.tokens["alpha"]
+    # An allowed CONNECT whose client goes away at once.
+    assert connect_status(ops, "alpha", f"api.allowed.test:{ops.tls.port}").status == 200
+    real = ops.proxy.tokens["alpha"]
     ops.proxy.tokens["alpha"] = "egr_not_the_token"
     try:
         assert connect_status(ops, "alpha", f"api.allowed.test:{ops.tls.port}").status == 407
     finally:
-        ops.proxy.tokens["alpha"] = wrong
+        ops.proxy.tokens["alpha"] = real
 
     def delta(name: str, **labels: str) -> float:
         key = series(name, **labels)

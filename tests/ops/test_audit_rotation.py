@@ -141,7 +141,25 @@ def test_follow_reads_across_a_rotation(tmp_path: Path) -> None:
         for i in batch:
             writer.write(record(i))
 
-    seen = [int(r["id"]) for r in follow(path, stop=lambda: done, sleep=sleep)]
+    seen = [int(r["id"]) for batch in follow(path, stop=lambda: done, sleep=sleep)
+            for r in batch]
     writer.close()
     assert seen == list(range(20))
     assert writer.rotations == 2
+
+
+def test_follow_from_start_yields_what_is_there_as_one_batch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(path)
+    for i in range(3):
+        writer.write(record(i))
+    writer.close()
+    calls = 0
+
+    def sleep(_: float) -> None:
+        nonlocal calls
+        calls += 1
+
+    batches = [[int(r["id"]) for r in batch]
+               for batch in follow(path, from_start=True, stop=lambda: calls > 0, sleep=sleep)]
+    assert batches == [[0, 1, 2]]

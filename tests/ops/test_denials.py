@@ -194,7 +194,8 @@ def test_follow_prints_new_denials_live(tmp_path: Path) -> None:
             proc.wait(10)
         reader.join(10)
         writer.close()
-    assert proc.returncode == 0
+    assert proc.stderr is not None
+    assert proc.returncode == 0, proc.stderr.read()
     assert lines.empty()
 
 

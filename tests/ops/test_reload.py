@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from egress.identity import TokenStore
+from egress.reload import Reloader, fingerprint
 from tests.conftest import TestCA
 from tests.ops.conftest import (
     OpsWorld,
     audit_where,
     connect_status,
     get,
+    parse_metrics,
     series,
     start_ops_world,
     tunnel,
@@ -148,8 +150,6 @@ def test_token_changes_are_picked_up_without_a_restart(live: OpsWorld) -> None:
 
 
 def live_metrics(world: OpsWorld) -> dict[str, float]:
-    from tests.ops.conftest import parse_metrics
-
     resp = world.admin("GET", "/metrics", token=False)
     assert resp.status_code == 200
     return parse_metrics(resp.text)
@@ -158,8 +158,6 @@ def live_metrics(world: OpsWorld) -> dict[str, float]:
 # -- the watcher's fingerprint, without a proxy -------------------------------------------
 
 def test_fingerprint_sees_policy_files_only(tmp_path: Path) -> None:
-    from egress.reload import fingerprint
-
     (tmp_path / "a.yaml").write_text("skills: {}\n")
     first = fingerprint(tmp_path)
     (tmp_path / "notes.txt").write_text("ignored")
@@ -174,7 +172,5 @@ def test_fingerprint_sees_policy_files_only(tmp_path: Path) -> None:
 
 
 def test_reloader_without_a_runtime_reports_why(tmp_path: Path) -> None:
-    from egress.reload import Reloader
-
     result = Reloader(lambda: None).reload("admin")
     assert (result.ok, result.errors) == (False, ("egress has no policy directory loaded",))

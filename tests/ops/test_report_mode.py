@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from egress.policy.decide import Destination, Verdict, decide
 from egress.policy.load import load_policy_texts
 from egress.reasons import Reason
+from tests.clients import basic, read_response
 from tests.ops.conftest import OpsWorld, audit_where, connect_status, get, tunnel
 
 
@@ -67,10 +70,6 @@ def test_blocked_addresses_are_never_relaxed_by_report_mode(ops: OpsWorld, targe
 def test_auth_failures_are_never_relaxed_by_report_mode(ops: OpsWorld, token: str | None,
                                                         reason: str) -> None:
     real = ops.proxy.tokens["reporter"]
-    import socket
-
-    from tests.clients import basic, read_response
-
     target = f"other.test:{ops.tls.port}"
     head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
     if token is not None:
