@@ -9,36 +9,28 @@ pass. The file format is described in README.md ("Policy format").
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import yaml
 
 from egress.errors import PolicyError, PolicyErrors
 from egress.policy.match import parse_host_pattern, parse_path_pattern
 from egress.policy.model import (
-    AuditSettings,
     Credential,
-    DnsSettings,
-    IPNetwork,
     Limits,
     Mode,
-    NetworkSettings,
     PolicySet,
     Rule,
     Settings,
     SkillPolicy,
     Source,
 )
-from egress.units import parse_duration, parse_size
+from egress.policy.settings_reader import SettingsReader, parse_mode
+from egress.policy.yamlnodes import COMPOSER
 
 __all__ = ["load_policy_dir", "load_policy_texts"]
-
-T = TypeVar("T")
 
 _SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -47,9 +39,7 @@ _TOP_KEYS = ("settings", "skills")
 _SKILL_KEYS = ("mode", "description", "allow", "credentials", "limits")
 _RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits")
 _LIMIT_KEYS = ("requests_per_minute", "concurrent_connections")
-_AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age")
 _CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder")
-_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "upstream_ca", "secrets")
 
 
 def load_policy_dir(directory: str | os.PathLike[str]) -> PolicySet:
@@ -84,78 +74,20 @@ def load_policy_texts(files: list[tuple[str, str]]) -> PolicySet:
     return builder.finish(files)
 
 
-class _Builder:
+class _Builder(SettingsReader):
+    """Collects skills (settings: see SettingsReader) and every problem found on the way."""
+
     def __init__(self) -> None:
-        self.errors: list[PolicyError] = []
+        super().__init__()
         self.skills: dict[str, SkillPolicy] = {}
         self.skill_modes: dict[str, bool] = {}  # skill -> mode was written explicitly
-        self.settings: Settings | None = None
         self.placeholders: dict[str, Source] = {}
 
-    # -- helpers -------------------------------------------------------------------------
-    def error(self, file: str, node: yaml.Node | None, field: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
-        self.errors.append(PolicyError(file, line, field, message))
-
-    def mapping(
-        self, file: str, node: yaml.Node, field: str, allowed: tuple[str, ...] | None
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(file, node, field, "must be a mapping (key: value)")
-            return None
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            where = f"{field}.{key}" if field else str(key)
-            if not isinstance(key, str):
-                self.error(file, key_node, field, "keys must be plain strings")
-            elif key in out:
-                first = out[key][0].start_mark.line + 1
-                self.error(file, key_node, where, f"defined twice (first on line {first})")
-            elif allowed is not None and key not in allowed:
-                self.error(
-                    file, key_node, where, f"unknown key; expected one of: {', '.join(allowed)}"
-                )
-            else:
-                out[key] = (key_node, value_node)
-        return out
-
-    def scalar(
-        self, file: str, node: yaml.Node, field: str, kind: type[T], what: str
-    ) -> T | None:
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                value = _construct(node)
-            except (yaml.YAMLError, ValueError, TypeError):
-                value = None  # e.g. `!!int abc` or an unknown `!tag`: reported below
-            # bool is an int in Python, but `port: true` is a mistake, not port 1.
-            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-                return value
-        self.error(file, node, field, f"must be {what}")
-        return None
-
-    def items(self, file: str, node: yaml.Node, field: str) -> Iterator[tuple[int, yaml.Node]]:
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(file, node, field, "must be a list")
-            return
-        yield from enumerate(node.value)
-
-    def parsed(
-        self, file: str, node: yaml.Node, field: str, parse: Callable[[str], T]
-    ) -> T | None:
-        text = self.scalar(file, node, field, str, "a string")
-        if text is None:
-            return None
-        try:
-            return parse(text)
-        except ValueError as exc:
-            self.error(file, node, field, str(exc))
-            return None
 
     # -- files ---------------------------------------------------------------------------
     def add_file(self, file: str, text: str) -> None:
         try:
-            root = yaml.compose(text, Loader=_COMPOSER)
+            root = yaml.compose(text, Loader=COMPOSER)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 0
@@ -180,114 +112,6 @@ class _Builder:
             for name, (key_node, value_node) in (skills or {}).items():
                 self.add_skill(file, name, key_node, value_node)
 
-    def add_settings(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
-        if self.settings is not None and self.settings.source is not None:
-            self.error(
-                file, key_node, "settings",
-                f"settings are already defined in {self.settings.source}; "
-                f"keep them in one file",
-            )
-            return
-        fields = self.mapping(file, node, "settings", _SETTINGS_KEYS)
-        if fields is None:
-            return
-        mode = Mode.ENFORCE
-        if "mode" in fields:
-            mode = self.parsed(file, fields["mode"][1], "settings.mode", _parse_mode) or mode
-        dns = DnsSettings()
-        if "dns" in fields:
-            dns = self.dns_settings(file, fields["dns"][1])
-        networks = NetworkSettings()
-        if "networks" in fields:
-            networks = self.network_settings(file, fields["networks"][1])
-        audit = AuditSettings()
-        if "audit" in fields:
-            audit = self.audit_settings(file, fields["audit"][1])
-        upstream_ca = None
-        if "upstream_ca" in fields:
-            ca = self.scalar(file, fields["upstream_ca"][1], "settings.upstream_ca", str,
-                             "a path to a PEM file")
-            if ca is not None:
-                path = Path(file).parent / ca
-                if not path.is_file():
-                    self.error(file, fields["upstream_ca"][1], "settings.upstream_ca",
-                               f"{path} does not exist; give a PEM file, relative to {file}")
-                upstream_ca = str(path.resolve())
-        secrets = None
-        if "secrets" in fields:
-            secrets = self.secret_settings(file, fields["secrets"][1])
-        self.settings = Settings(
-            mode=mode, dns=dns, networks=networks, audit=audit, upstream_ca=upstream_ca,
-            secrets=secrets, source=Source(file, key_node.start_mark.line + 1),
-        )
-
-    def dns_settings(self, file: str, node: yaml.Node) -> DnsSettings:
-        keys = ("nameservers", "timeout", "min_ttl", "max_ttl")
-        fields = self.mapping(file, node, "settings.dns", keys) or {}
-        out = DnsSettings()
-        servers: list[str] = []
-        if "nameservers" in fields:
-            for i, item in self.items(file, fields["nameservers"][1], "settings.dns.nameservers"):
-                s = self.parsed(file, item, f"settings.dns.nameservers[{i}]", _parse_nameserver)
-                if s is not None:
-                    servers.append(s)
-        nums: dict[str, float] = {}
-        for key, low, high in (("timeout", 0.1, 60), ("min_ttl", 0, 86400), ("max_ttl", 1, 86400)):
-            if key in fields:
-                v = self.scalar(file, fields[key][1], f"settings.dns.{key}", (int, float),  # type: ignore[arg-type]
-                                "a number")
-                if v is not None and not low <= v <= high:
-                    self.error(file, fields[key][1], f"settings.dns.{key}",
-                               f"must be between {low} and {high}")
-                elif v is not None:
-                    nums[key] = v
-        out = DnsSettings(
-            nameservers=tuple(servers),
-            timeout=float(nums.get("timeout", out.timeout)),
-            min_ttl=int(nums.get("min_ttl", out.min_ttl)),
-            max_ttl=int(nums.get("max_ttl", out.max_ttl)),
-        )
-        if out.min_ttl > out.max_ttl:
-            self.error(file, node, "settings.dns.min_ttl", "must not exceed max_ttl")
-        return out
-
-    def audit_settings(self, file: str, node: yaml.Node) -> AuditSettings:
-        a = self.mapping(file, node, "settings.audit", _AUDIT_KEYS) or {}
-        out = AuditSettings()
-        if "log_allowed" in a:
-            v = self.scalar(file, a["log_allowed"][1], "settings.audit.log_allowed", bool,
-                            "true or false")
-            out = AuditSettings(log_allowed=bool(v))
-        size = self.parsed_unit(file, a, "max_bytes", parse_size, "a size such as 100MB")
-        files = self.scalar(file, a["max_files"][1], "settings.audit.max_files", int,
-                            "a whole number") if "max_files" in a else None
-        if files is not None and not 1 <= files <= 1000:
-            self.error(file, a["max_files"][1], "settings.audit.max_files",
-                       "must be between 1 and 1000")
-        age = self.parsed_unit(file, a, "max_age", parse_duration, "a duration such as 1d")
-        if age is not None and age < 60:
-            self.error(file, a["max_age"][1], "settings.audit.max_age", "must be at least 1m")
-        return AuditSettings(
-            log_allowed=out.log_allowed,
-            max_bytes=int(size) if size is not None else out.max_bytes,
-            max_files=files if files is not None else out.max_files,
-            max_age=age if age is not None else out.max_age,
-        )
-
-    def parsed_unit(self, file: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], key: str,
-                    parse: Callable[[Any], float], what: str) -> float | None:
-        """A size or duration written as a number or a string with a unit ("100MB", "7d")."""
-        if key not in fields:
-            return None
-        node = fields[key][1]
-        try:
-            raw = _construct(node) if isinstance(node, yaml.ScalarNode) else None
-            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise ValueError(f"must be {what}")
-            return parse(raw)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
-            self.error(file, node, f"settings.audit.{key}", str(exc))
-            return None
 
     def limits(self, file: str, field: str, node: yaml.Node) -> Limits | None:
         """`limits: {requests_per_minute: N, concurrent_connections: N}` of a skill or rule."""
@@ -308,32 +132,6 @@ class _Builder:
                     values[key] = v
         return Limits(**values) if values else None
 
-    def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:
-        fields = self.mapping(file, node, "settings.networks", ("allow", "deny")) or {}
-        lists: dict[str, list[IPNetwork]] = {"allow": [], "deny": []}
-        for key in lists:
-            if key in fields:
-                for i, item in self.items(file, fields[key][1], f"settings.networks.{key}"):
-                    net = self.parsed(file, item, f"settings.networks.{key}[{i}]", _parse_network)
-                    if net is not None:
-                        lists[key].append(net)
-        return NetworkSettings(allow=tuple(lists["allow"]), deny=tuple(lists["deny"]))
-
-    def secret_settings(self, file: str, node: yaml.Node) -> Any:
-        from egress.secrets.config import SettingsFieldError, parse_secret_settings
-
-        try:
-            raw = _construct(node)
-        except (yaml.YAMLError, ValueError, TypeError):
-            self.error(file, node, "settings.secrets",
-                       "holds a value YAML cannot read; remove any !tag")
-            return None
-        try:
-            return parse_secret_settings(raw)
-        except SettingsFieldError as exc:
-            where = f"settings.secrets.{exc.field}" if exc.field else "settings.secrets"
-            self.error(file, _find(node, exc.field), where, exc.message)
-            return None
 
     # -- skills --------------------------------------------------------------------------
     def add_skill(self, file: str, name: str, key_node: yaml.Node, node: yaml.Node) -> None:
@@ -351,7 +149,7 @@ class _Builder:
             return
         mode: Mode | None = None
         if "mode" in fields:
-            mode = self.parsed(file, fields["mode"][1], f"{field}.mode", _parse_mode)
+            mode = self.parsed(file, fields["mode"][1], f"{field}.mode", parse_mode)
         if "description" in fields:
             self.scalar(file, fields["description"][1], f"{field}.description", str, "a string")
         credentials: dict[str, Credential] = {}
@@ -493,45 +291,6 @@ class _Builder:
                          files=tuple(name for name, _ in files))
 
 
-_STR_TAG = "tag:yaml.org,2002:str"
-# libyaml's parser when PyYAML was built with it (3x faster on large policies), same nodes and
-# line numbers; some YAML syntax error texts differ.
-_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-
-
-def _construct(node: yaml.Node) -> Any:
-    # Most scalars are plain strings: skip the constructor machinery for them (this is most of
-    # the load time of a 100,000-rule policy).
-    if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:
-        return node.value
-    try:
-        return _CONSTRUCTOR.construct_object(node, deep=True)
-    finally:
-        _CONSTRUCTOR.constructed_objects.clear()  # no memory kept between calls
-
-
-def _find(node: yaml.Node, dotted: str) -> yaml.Node:
-    """The node at a dotted path below `node` (best effort), for error line numbers."""
-    for part in dotted.split("."):
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.value == part:
-                node = v
-                break
-        else:
-            break
-    return node
-
-
-def _parse_mode(text: str) -> Mode:
-    try:
-        return Mode(text)
-    except ValueError:
-        raise ValueError(f"unknown mode {text!r}; use enforce or report") from None
-
-
 def _parse_method(text: str) -> str:
     if not _METHOD.match(text):
         raise ValueError(f"{text!r} is not an HTTP method; write it in capitals, e.g. GET")
@@ -562,24 +321,3 @@ def _parse_placeholder(text: str) -> str:
     return text
 
 
-def _parse_network(text: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a network in CIDR form, e.g. 10.20.0.0/16 ({exc})") from None
-
-
-def _parse_nameserver(text: str) -> str:
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53" if not rest else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") from None
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: port must be 1-65535")
-    return text

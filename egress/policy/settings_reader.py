@@ -1,0 +1,187 @@
+"""The `settings:` block of a policy directory: default mode, DNS, networks, audit, secrets."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from egress.policy.model import (
+    AuditSettings,
+    DnsSettings,
+    IPNetwork,
+    Mode,
+    NetworkSettings,
+    Settings,
+    Source,
+)
+from egress.policy.yamlnodes import NodeReader, construct, find
+from egress.units import parse_duration, parse_size
+
+__all__ = ["SettingsReader", "parse_mode"]
+
+_AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age")
+_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "upstream_ca", "secrets")
+
+
+class SettingsReader(NodeReader):
+    """Reads the single `settings:` block (at most one file may hold it) into `settings`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+
+    def add_settings(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
+        if self.settings is not None and self.settings.source is not None:
+            self.error(
+                file, key_node, "settings",
+                f"settings are already defined in {self.settings.source}; "
+                f"keep them in one file",
+            )
+            return
+        fields = self.mapping(file, node, "settings", _SETTINGS_KEYS)
+        if fields is None:
+            return
+        mode = Mode.ENFORCE
+        if "mode" in fields:
+            mode = self.parsed(file, fields["mode"][1], "settings.mode", parse_mode) or mode
+        dns = DnsSettings()
+        if "dns" in fields:
+            dns = self.dns_settings(file, fields["dns"][1])
+        networks = NetworkSettings()
+        if "networks" in fields:
+            networks = self.network_settings(file, fields["networks"][1])
+        audit = AuditSettings()
+        if "audit" in fields:
+            audit = self.audit_settings(file, fields["audit"][1])
+        upstream_ca = None
+        if "upstream_ca" in fields:
+            ca = self.scalar(file, fields["upstream_ca"][1], "settings.upstream_ca", str,
+                             "a path to a PEM file")
+            if ca is not None:
+                path = Path(file).parent / ca
+                if not path.is_file():
+                    self.error(file, fields["upstream_ca"][1], "settings.upstream_ca",
+                               f"{path} does not exist; give a PEM file, relative to {file}")
+                upstream_ca = str(path.resolve())
+        secrets = None
+        if "secrets" in fields:
+            secrets = self.secret_settings(file, fields["secrets"][1])
+        self.settings = Settings(
+            mode=mode, dns=dns, networks=networks, audit=audit, upstream_ca=upstream_ca,
+            secrets=secrets, source=Source(file, key_node.start_mark.line + 1),
+        )
+
+    def dns_settings(self, file: str, node: yaml.Node) -> DnsSettings:
+        keys = ("nameservers", "timeout", "min_ttl", "max_ttl")
+        fields = self.mapping(file, node, "settings.dns", keys) or {}
+        out = DnsSettings()
+        servers: list[str] = []
+        if "nameservers" in fields:
+            for i, item in self.items(file, fields["nameservers"][1], "settings.dns.nameservers"):
+                s = self.parsed(file, item, f"settings.dns.nameservers[{i}]", _parse_nameserver)
+                if s is not None:
+                    servers.append(s)
+        nums: dict[str, float] = {}
+        for key, low, high in (("timeout", 0.1, 60), ("min_ttl", 0, 86400), ("max_ttl", 1, 86400)):
+            if key in fields:
+                v = self.scalar(file, fields[key][1], f"settings.dns.{key}", (int, float),  # type: ignore[arg-type]
+                                "a number")
+                if v is not None and not low <= v <= high:
+                    self.error(file, fields[key][1], f"settings.dns.{key}",
+                               f"must be between {low} and {high}")
+                elif v is not None:
+                    nums[key] = v
+        out = DnsSettings(
+            nameservers=tuple(servers),
+            timeout=float(nums.get("timeout", out.timeout)),
+            min_ttl=int(nums.get("min_ttl", out.min_ttl)),
+            max_ttl=int(nums.get("max_ttl", out.max_ttl)),
+        )
+        if out.min_ttl > out.max_ttl:
+            self.error(file, node, "settings.dns.min_ttl", "must not exceed max_ttl")
+        return out
+
+    def audit_settings(self, file: str, node: yaml.Node) -> AuditSettings:
+        a = self.mapping(file, node, "settings.audit", _AUDIT_KEYS) or {}
+        out = AuditSettings()
+        if "log_allowed" in a:
+            v = self.scalar(file, a["log_allowed"][1], "settings.audit.log_allowed", bool,
+                            "true or false")
+            out = AuditSettings(log_allowed=bool(v))
+        size = self.parsed_unit(file, a, "max_bytes", parse_size, "a size such as 100MB",
+                                "settings.audit")
+        files = self.scalar(file, a["max_files"][1], "settings.audit.max_files", int,
+                            "a whole number") if "max_files" in a else None
+        if files is not None and not 1 <= files <= 1000:
+            self.error(file, a["max_files"][1], "settings.audit.max_files",
+                       "must be between 1 and 1000")
+        age = self.parsed_unit(file, a, "max_age", parse_duration, "a duration such as 1d",
+                               "settings.audit")
+        if age is not None and age < 60:
+            self.error(file, a["max_age"][1], "settings.audit.max_age", "must be at least 1m")
+        return AuditSettings(
+            log_allowed=out.log_allowed,
+            max_bytes=int(size) if size is not None else out.max_bytes,
+            max_files=files if files is not None else out.max_files,
+            max_age=age if age is not None else out.max_age,
+        )
+
+    def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:
+        fields = self.mapping(file, node, "settings.networks", ("allow", "deny")) or {}
+        lists: dict[str, list[IPNetwork]] = {"allow": [], "deny": []}
+        for key in lists:
+            if key in fields:
+                for i, item in self.items(file, fields[key][1], f"settings.networks.{key}"):
+                    net = self.parsed(file, item, f"settings.networks.{key}[{i}]", _parse_network)
+                    if net is not None:
+                        lists[key].append(net)
+        return NetworkSettings(allow=tuple(lists["allow"]), deny=tuple(lists["deny"]))
+
+    def secret_settings(self, file: str, node: yaml.Node) -> Any:
+        from egress.secrets.config import SettingsFieldError, parse_secret_settings
+
+        try:
+            raw = construct(node)
+        except (yaml.YAMLError, ValueError, TypeError):
+            self.error(file, node, "settings.secrets",
+                       "holds a value YAML cannot read; remove any !tag")
+            return None
+        try:
+            return parse_secret_settings(raw)
+        except SettingsFieldError as exc:
+            where = f"settings.secrets.{exc.field}" if exc.field else "settings.secrets"
+            self.error(file, find(node, exc.field), where, exc.message)
+            return None
+
+
+def parse_mode(text: str) -> Mode:
+    try:
+        return Mode(text)
+    except ValueError:
+        raise ValueError(f"unknown mode {text!r}; use enforce or report") from None
+
+
+def _parse_network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a network in CIDR form, e.g. 10.20.0.0/16 ({exc})") from None
+
+
+def _parse_nameserver(text: str) -> str:
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53" if not rest else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") from None
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return text
