@@ -23,13 +23,20 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
 from egress.audit import AuditRecord, new_request_id
+from egress.flowinfo import (
+    host_and_port,
+    is_host_name,
+    listen_addresses,
+    peer_address,
+    requested_destination,
+)
 from egress import header_limit
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.identity import parse_proxy_authorization
 from egress.inject import redact
 from egress.metrics import Metrics
-from egress.netguard import Blocked, IPAddress, Vetted, parse_ip_literal
+from egress.netguard import Blocked, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.match import normalise_host, normalise_path
 from egress.policy.model import Mode
@@ -106,7 +113,7 @@ class EgressAddon:
         try:
             self.runtime = Runtime.create(
                 ctx.options.egress_policies, data_dir,
-                self_addresses=_listen_addresses(ctx.options.listen_host, ctx.options.listen_port),
+                self_addresses=listen_addresses(ctx.options.listen_host, ctx.options.listen_port),
                 audit_path=ctx.options.egress_audit or None,
             )
         except PolicyErrors as exc:
@@ -192,7 +199,7 @@ class EgressAddon:
         flow.response = None
         try:
             self._refuse(flow, Reason.INTERNAL_ERROR, self._skills.get(flow.client_conn),
-                         _flow_dest(flow), kind, new_request_id())
+                         requested_destination(flow), kind, new_request_id())
         except Exception:
             flow.response = http.Response.make(500, b"egress internal error\n")
 
@@ -200,22 +207,11 @@ class EgressAddon:
     async def _on_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self._no_policy(flow):
             return
-        assert self.runtime is not None
         rid = new_request_id()
-        skill = self._authenticate(flow, "connect", rid)
-        if skill is None:
+        admitted = self._admit(flow, "connect", rid)
+        if admitted is None:
             return
-        dest = self._destination(flow, skill, "connect", rid)
-        if dest is None:
-            return
-        decision = decide(self.runtime.policy, skill, dest)
-        if not decision.allowed:
-            self._refuse(flow, decision.reason, skill, dest, "connect", rid, decision)
-            return
-        limited = self._limit(flow, skill, dest, "connect", rid, decision)
-        if limited is None:
-            return
-        decision = limited
+        skill, dest, decision = admitted
         vetted = await self._vet(flow, skill, dest, "connect", rid, decision)
         if vetted is None:
             return
@@ -241,14 +237,9 @@ class EgressAddon:
         if not same:
             data.ignore_connection = True  # never terminate TLS for a refused tunnel
             tunnel.refused = Reason.HOST_MISMATCH
-            assert self.runtime is not None
-            self.metrics.decision("deny", Reason.HOST_MISMATCH, tunnel.skill, tunnel.host)
-            self.runtime.record(AuditRecord(
-                decision="deny", reason=Reason.HOST_MISMATCH, kind="tls", skill=tunnel.skill,
-                client=_peer(data.context.client), host=tunnel.host, port=tunnel.port,
-                policy=self.runtime.policy.digest,
-                detail=f"TLS SNI {sni!r} differs from CONNECT host" if sni else "no TLS SNI",
-            ))
+            self._refuse_connection(
+                data.context.client, Reason.HOST_MISMATCH, "tls", tunnel.skill, tunnel.host,
+                tunnel.port, f"TLS SNI {sni!r} differs from CONNECT host" if sni else "no TLS SNI")
 
     async def _on_request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self._no_policy(flow):
@@ -261,20 +252,10 @@ class EgressAddon:
         # Plain HTTP. mitmproxy has already turned an absolute-form URI into host/port (and
         # taken an origin-form request's destination from its Host header).
         rid = new_request_id()
-        skill = self._authenticate(flow, "http", rid)
-        if skill is None:
+        admitted = self._admit(flow, "http", rid)
+        if admitted is None:
             return
-        dest = self._destination(flow, skill, "http", rid)
-        if dest is None:
-            return
-        decision = decide(self.runtime.policy, skill, dest)
-        if not decision.allowed:
-            self._refuse(flow, decision.reason, skill, dest, "http", rid, decision)
-            return
-        limited = self._limit(flow, skill, dest, "http", rid, decision)
-        if limited is None:
-            return
-        decision = limited
+        skill, dest, decision = admitted
         # Plain HTTP never carries a credential: a key bound here needs TLS, one bound
         # elsewhere is exfiltration. Checked before DNS: it needs no address.
         if not await self._broker_credentials(flow, skill, dest, rid, decision, tls=False):
@@ -319,16 +300,11 @@ class EgressAddon:
             ip = None  # not an address at all: certainly not a vetted one
         if ip is None or address is None or not self.runtime.guard.was_vetted(ip, address[1]):
             data.server.error = "egress: destination address was not vetted"
-            self.metrics.decision("deny", Reason.BLOCKED_ADDRESS,
-                                  tunnel.skill if tunnel else self._skills.get(data.client),
-                                  str(address[0]) if address else None)
-            self.runtime.record(AuditRecord(
-                decision="deny", reason=Reason.BLOCKED_ADDRESS, kind="connect",
-                skill=tunnel.skill if tunnel else self._skills.get(data.client),
-                client=_peer(data.client), host=str(address[0]) if address else "",
-                port=int(address[1]) if address else 0, policy=self.runtime.policy.digest,
-                detail="upstream connection to an address that was not vetted",
-            ))
+            self._refuse_connection(
+                data.client, Reason.BLOCKED_ADDRESS, "connect",
+                tunnel.skill if tunnel else self._skills.get(data.client),
+                str(address[0]) if address else "", int(address[1]) if address else 0,
+                "upstream connection to an address that was not vetted")
 
     # -- steps ---------------------------------------------------------------------------
     def _no_policy(self, flow: http.HTTPFlow) -> bool:
@@ -350,21 +326,16 @@ class EgressAddon:
         flow.request.headers.pop("Proxy-Authorization", None)
         rid = new_request_id()
         header = flow.request.host_header or ""
-        if _host_port(header, tunnel.port) != (tunnel.host, tunnel.port):
+        if host_and_port(header, tunnel.port) != (tunnel.host, tunnel.port):
             self._refuse(flow, Reason.HOST_MISMATCH, tunnel.skill,
                          Destination(tunnel.host, tunnel.port), "http", rid,
                          detail=f"Host {header[:100]!r} differs from CONNECT host")
             return None
         dest = Destination(tunnel.host, tunnel.port, flow.request.method,
                            normalise_path(flow.request.path))
-        decision = decide(self.runtime.policy, tunnel.skill, dest)
-        if not decision.allowed:
-            self._refuse(flow, decision.reason, tunnel.skill, dest, "http", rid, decision)
+        decision = self._judge(flow, tunnel.skill, dest, "http", rid)
+        if decision is None:
             return None
-        limited = self._limit(flow, tunnel.skill, dest, "http", rid, decision)
-        if limited is None:
-            return None
-        decision = limited
         # A credential goes only into a TLS session egress terminated and whose upstream
         # certificate mitmproxy verifies (ssl_insecure off): never into a plain tunnel.
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
@@ -405,6 +376,29 @@ class EgressAddon:
                     detail="stale credential: secret manager unavailable" if outcome.stale else None))
         return True
 
+    def _admit(self, flow: http.HTTPFlow, kind: str, rid: str
+               ) -> tuple[str, Destination, Decision] | None:
+        """Who asks, for what, and may they: the steps shared by CONNECT and plain HTTP.
+        None: the flow was refused (and audited)."""
+        skill = self._authenticate(flow, kind, rid)
+        if skill is None:
+            return None
+        dest = self._destination(flow, skill, kind, rid)
+        if dest is None:
+            return None
+        decision = self._judge(flow, skill, dest, kind, rid)
+        return None if decision is None else (skill, dest, decision)
+
+    def _judge(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
+               rid: str) -> Decision | None:
+        """The policy decision, then rate limits. None: the flow was refused (and audited)."""
+        assert self.runtime is not None
+        decision = decide(self.runtime.policy, skill, dest)
+        if not decision.allowed:
+            self._refuse(flow, decision.reason, skill, dest, kind, rid, decision)
+            return None
+        return self._limit(flow, skill, dest, kind, rid, decision)
+
     def _authenticate(self, flow: http.HTTPFlow, kind: str, rid: str) -> str | None:
         assert self.runtime is not None
         header = flow.request.headers.get("Proxy-Authorization")
@@ -414,18 +408,18 @@ class EgressAddon:
         creds = parse_proxy_authorization(header)
         if creds is None:
             reason = Reason.AUTH_REQUIRED if header is None else Reason.AUTH_INVALID
-            self._refuse(flow, reason, None, _flow_dest(flow), kind, rid)
+            self._refuse(flow, reason, None, requested_destination(flow), kind, rid)
             return None
         skill, token = creds
         if not self.runtime.tokens.verify(skill, token):
-            self._refuse(flow, Reason.AUTH_INVALID, None, _flow_dest(flow), kind, rid,
+            self._refuse(flow, Reason.AUTH_INVALID, None, requested_destination(flow), kind, rid,
                          detail=f"claimed skill {skill[:64]!r}")
             return None
         self._skills[flow.client_conn] = skill
         return skill
 
     def _destination(self, flow: http.HTTPFlow, skill: str, kind: str, rid: str) -> Destination | None:
-        raw = _flow_dest(flow)
+        raw = requested_destination(flow)
         try:
             host = normalise_host(flow.request.host)
         except ValueError as exc:
@@ -434,7 +428,7 @@ class EgressAddon:
         if kind == "http":
             # Plain HTTP: the absolute-form URI and the Host header must name one destination.
             header = flow.request.headers.get("Host")
-            if header is not None and _host_port(header, flow.request.port) != (host, flow.request.port):
+            if header is not None and host_and_port(header, flow.request.port) != (host, flow.request.port):
                 self._refuse(flow, Reason.HOST_MISMATCH, skill, Destination(host, flow.request.port),
                              kind, rid, detail=f"Host header {header[:100]!r} differs from URI")
                 return None
@@ -446,7 +440,7 @@ class EgressAddon:
                    rid: str, decision: Decision) -> Vetted | None:
         assert self.runtime is not None
         result = await self.runtime.guard.vet(dest.host, dest.port)
-        if _is_name(dest.host):
+        if is_host_name(dest.host):
             self.metrics.dns(failed=isinstance(result, Blocked) and result.reason == Reason.DNS_FAILURE)
         if isinstance(result, Blocked):
             # Never relaxed by report mode: these protect the operator, not the policy.
@@ -465,6 +459,15 @@ class EgressAddon:
         self.metrics.decision("deny", reason, skill, dest.host)
         self.runtime.record(self._record(flow, "deny", reason, skill, dest, kind, rid, decision,
                                          detail=detail))
+
+    def _refuse_connection(self, client: connection.Client, reason: Reason, kind: str,
+                           skill: str | None, host: str, port: int, detail: str) -> None:
+        """Audit a refusal that has no HTTP flow to answer (a TLS handshake, a dial)."""
+        assert self.runtime is not None
+        self.metrics.decision("deny", reason, skill, host or None)
+        self.runtime.record(AuditRecord(
+            decision="deny", reason=reason, kind=kind, skill=skill, client=peer_address(client),
+            host=host, port=port, policy=self.runtime.policy.digest, detail=detail))
 
     def _limit(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str, rid: str,
                decision: Decision) -> Decision | None:
@@ -505,7 +508,7 @@ class EgressAddon:
         connect = req.method == "CONNECT"
         return AuditRecord(
             id=rid, decision=verdict, reason=str(reason), kind=kind, skill=skill,
-            client=_peer(flow.client_conn), host=dest.host, port=dest.port,
+            client=peer_address(flow.client_conn), host=dest.host, port=dest.port,
             method=None if connect else req.method[:16],
             scheme=None if connect else req.scheme,
             path=None if connect else req.path.split("?", 1)[0][:2048],
@@ -514,51 +517,3 @@ class EgressAddon:
             credential=credential,
         )
 
-
-def _flow_dest(flow: http.HTTPFlow) -> Destination:
-    """The destination as requested, best effort, for refusals before it is validated."""
-    try:
-        host = normalise_host(flow.request.host)
-    except ValueError:
-        host = flow.request.host[:253]
-    return Destination(host, flow.request.port)
-
-
-def _host_port(header: str, default_port: int) -> tuple[str, int] | None:
-    text = header.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        inner, _, rest = text[1:].partition("]")
-        host = inner
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        if not p.isdigit():
-            return None
-        port = int(p)
-    try:
-        return normalise_host(host), port
-    except ValueError:
-        return None
-
-
-def _is_name(host: str) -> bool:
-    """True for a host name egress resolves (not an IP literal)."""
-    try:
-        return parse_ip_literal(host) is None
-    except ValueError:
-        return False
-
-
-def _peer(client: connection.Client) -> str | None:
-    peer = client.peername
-    if not peer:
-        return None
-    return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-
-
-def _listen_addresses(host: str, port: int) -> frozenset[tuple[IPAddress, int]]:
-    """egress's own listening addresses, which no skill may be proxied back to."""
-    hosts = (host,) if host else ("0.0.0.0", "::")  # empty listen_host: every interface
-    return frozenset((ip, port) for ip in map(parse_ip_literal, hosts) if ip is not None)
