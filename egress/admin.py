@@ -228,16 +228,10 @@ class AdminServer:
         if now - self._ping.at < _PING_CACHE:
             return self._ping.ok
         ok = False
-        broker = getattr(rt, "broker", None)
-        ping = getattr(broker, "ping", None)
-        if ping is None:
-            backend = getattr(broker, "_backends", {}).get("vault")
-            ping = getattr(backend, "ping", None)
-        if ping is not None:
-            try:
-                ok = bool(await asyncio.wait_for(ping(), _PING_TIMEOUT))
-            except (TimeoutError, Exception):  # unreachable is "not ready", never a crash
-                ok = False
+        try:
+            ok = await asyncio.wait_for(rt.broker.ping(), _PING_TIMEOUT)
+        except Exception:  # unreachable or timed out is "not ready", never a crash
+            ok = False
         self._ping = _Ping(now, ok)
         return ok
 

@@ -72,13 +72,14 @@ class TokenStore:
 
     # -- checking (hot path) -------------------------------------------------------------
     def verify(self, skill: str, token: str) -> bool:
-        self._refresh()
+        self.refresh()
         entry = self._hashes.get(skill)
         expected = entry["sha256"] if entry else _DUMMY
         ok = hmac.compare_digest(_digest(token), expected)
         return ok and entry is not None
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Re-read tokens.json if it changed since the last look (cheap: one stat)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

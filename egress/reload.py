@@ -152,7 +152,6 @@ class Reloader:
     def _refresh_tokens(runtime: Runtime) -> None:
         # TokenStore re-reads tokens.json on its next check anyway; refreshing now makes a
         # corrupt store visible in /readyz before any skill trips over it.
-        refresh = getattr(runtime.tokens, "refresh", None) or runtime.tokens._refresh
-        refresh()
+        runtime.tokens.refresh()
         if runtime.tokens.error:
             log.error("token store: %s", runtime.tokens.error)

@@ -111,6 +111,14 @@ class SecretBroker:
             raise
         return CachedSecret(fresh.secret, stale=False)
 
+    async def ping(self) -> bool:
+        """Whether every remote backend answers its health check (local ones always do)."""
+        for backend in self._backends.values():
+            check = getattr(backend, "ping", None)
+            if check is not None and not await check():
+                return False
+        return True
+
     async def close(self) -> None:
         """Cancel fetches in flight, drop cached values and close every backend once."""
         self._closed = True
