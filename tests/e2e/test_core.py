@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 import ssl
 import time
 
@@ -281,3 +282,20 @@ def test_raw_bytes_of_refused_requests_never_reach_the_process_log(world: World)
     log = world.proxy.log()
     assert "bytes redacted" in log
     assert token not in log and basic("alpha", token).split()[1] not in log
+
+
+def test_audit_line_survives_a_killed_proxy(tmp_path: Path, world: World) -> None:
+    """A line written is a line kept: SIGKILL right after a denial loses nothing."""
+    import signal
+
+    from tests.proxy import run_proxy
+
+    with run_proxy(world.proxy.policies, tmp_path / "data", ["alpha"]) as proxy:
+        resp = connect((proxy.host, proxy.port), "nowhere.test:443",
+                       basic("alpha", proxy.tokens["alpha"]))
+        assert resp.status == 403
+        proxy.process.send_signal(signal.SIGKILL)
+        proxy.process.wait(10)
+        assert proxy.process.returncode == -signal.SIGKILL
+        records = proxy.audit()
+    assert [r["id"] for r in records] == [resp.request_id]

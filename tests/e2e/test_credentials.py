@@ -98,6 +98,9 @@ def cw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Cr
                   - host: cold.bound.test
                     ports: [{tls.port}]
                     credential: cold
+                  - host: wrongcert.test
+                    ports: [{tls.port}]
+                    credential: stripe
                 credentials:
                   stripe:
                     secret: "vault:secret/payer#api_key"
@@ -113,6 +116,7 @@ def cw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Cr
                     ports: [{tls.port}]
             """)
         dns.set("cold.bound.test", [UPSTREAM_IP], ttl=300)
+        dns.set("wrongcert.test", [UPSTREAM_IP], ttl=300)  # the upstream has no cert for it
         with run_proxy(policies, tmp / "data", ["payer", "other"],
                        env={"EGRESS_TEST_BAO_TOKEN": bao.root_token}) as proxy:
             bundle = tmp / "bundle.pem"
@@ -203,6 +207,16 @@ def test_response_header_echo_of_the_secret_is_redacted(cw: CredWorld) -> None:
     assert echoed(resp)["authorization"] == f"Bearer {REAL_KEY}"  # the upstream got the key
     assert resp.headers["x-echoed"] == "Bearer [redacted-by-egress]"  # the skill never sees it
     assert REAL_KEY not in cw.proxy.audit_path.read_text()
+
+
+def test_no_credential_to_an_upstream_whose_certificate_does_not_verify(cw: CredWorld) -> None:
+    # wrongcert.test resolves to the echo upstream, whose certificate does not name it:
+    # mitmproxy's upstream verification fails, so the key is never sent.
+    with cw.client() as c:
+        resp = c.get(cw.url("wrongcert.test", "/v1/invoices"),
+                     headers={"Authorization": f"Bearer {PLACEHOLDER}"})
+    assert resp.status_code == 502
+    assert REAL_KEY not in resp.text and ROTATED_KEY not in resp.text
 
 
 # -- rules inside an intercepted tunnel ----------------------------------------------------
