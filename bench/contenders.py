@@ -23,7 +23,8 @@ from pathlib import Path
 from bench.procs import Service, Supervisor, free_port
 from bench.upstream import UPSTREAM_IP, Upstream
 
-__all__ = ["DENIED_IP", "PLACEHOLDER", "SECRET", "Contender", "Tools", "start"]
+__all__ = ["DENIED_IP", "LISTEN", "PLACEHOLDER", "SECRET", "Contender", "Tools", "egress_policy",
+           "issue_token", "start"]
 
 LISTEN = "127.0.0.1"
 DENIED_IP = "127.0.0.9"  # no contender may reach it: the deny workload aims here
@@ -161,7 +162,7 @@ def _egress(sup: Supervisor, work: Path, up: Upstream, tools: Tools, *, intercep
     token_file = data / "bench-token"
     if not token_file.exists():
         token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(_issue_token(tools.egress, data))
+        token_file.write_text(issue_token(tools.egress, data))
     token = token_file.read_text()
     policies = work / f"{name}-policies"
     policies.mkdir(exist_ok=True)
@@ -189,7 +190,7 @@ def _serve_options(egress: str) -> str:
     return out.stdout
 
 
-def _issue_token(egress: str, data: Path) -> str:
+def issue_token(egress: str, data: Path) -> str:
     out = subprocess.run([egress, "token", "issue", SKILL, "--data-dir", str(data)],
                          capture_output=True, text=True, timeout=60, check=True)
     return out.stdout.strip().splitlines()[-1]

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from bench.load import Sample
 from bench.memory import IdleResult, StreamResult
 from bench.micro import MicroResult
+from bench.scale import ScaleResult
 from bench.workloads import Facts, Workload
 
 __all__ = ["RATIOS", "Table", "figure_tables", "memory_tables", "micro_tables", "ratio_tables",
-           "render"]
+           "render", "scale_table"]
 
 # (egress contender, the one it is compared with)
 RATIOS = (("egress-pass", "mitmdump-pass"), ("egress-mitm", "mitmdump-mitm"),
@@ -160,6 +161,13 @@ def memory_tables(idle: dict[str, IdleResult], streams: dict[str, StreamResult])
                        ["contender", "MiB", "MB/s", "RSS before MB", "peak RSS MB",
                         "RSS after MB", "status"], rows))
     return tables
+
+
+def scale_table(r: ScaleResult) -> Table:
+    return (f"egress with a {r.rules:,}-rule policy (hey -c 1 keep-alive while POST /reload runs)",
+            ["startup s", "reload answered s", "slowest request ms", "p99 ms", "problem"],
+            [[_f(r.startup_s), _f(r.reload_s), _f(r.slowest_ms, 0), _f(r.p99_ms),
+              r.problem or ""]])
 
 
 def facts_lines(facts: dict[str, Facts]) -> list[str]:

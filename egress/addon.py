@@ -22,7 +22,10 @@ from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
+from egress import header_limit
 from egress.audit import AuditRecord, new_request_id
+from egress.brokerage import Brokerage, Injected, Refused
+from egress.errors import PolicyErrors
 from egress.flowinfo import (
     host_and_port,
     is_host_name,
@@ -30,9 +33,6 @@ from egress.flowinfo import (
     peer_address,
     requested_destination,
 )
-from egress import header_limit
-from egress.brokerage import Brokerage, Injected, Refused
-from egress.errors import PolicyErrors
 from egress.identity import parse_proxy_authorization
 from egress.inject import redact
 from egress.metrics import Metrics

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AUDIT_FILE", "SCHEMA_VERSION", "AuditRecord", "AuditWriter", "Rotation", "new_request_id",
-           "read_records"]
+           "read_records", "parse_record"]
 
 AUDIT_FILE = "audit.jsonl"
 SCHEMA_VERSION = 1
@@ -170,12 +170,17 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield the records of one audit file; lines that are not JSON objects are skipped."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                yield obj
+            record = parse_record(line)
+            if record is not None:
+                yield record
+
+
+def parse_record(line: str | bytes) -> dict[str, Any] | None:
+    """One audit line as a dict, or None for a blank, torn or foreign line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None

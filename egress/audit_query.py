@@ -9,7 +9,6 @@ Used by `egress denials` and `egress policy suggest`.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from egress.audit import AUDIT_FILE, read_records
+from egress.audit import AUDIT_FILE, parse_record, read_records
 from egress.units import parse_duration
 
 __all__ = [
@@ -179,7 +178,7 @@ def follow(
         if chunk:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
-            batch = list(_parse_lines(lines))
+            batch = [r for r in map(parse_record, lines) if r is not None]
             if batch:
                 yield batch
             continue
@@ -207,13 +206,3 @@ def _replaced(handle: Any, path: Path) -> bool:
         return os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
     except OSError:
         return True
-
-
-def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
-    for raw in lines:
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            yield obj

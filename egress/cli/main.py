@@ -7,9 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from egress import __version__
-from egress.cli import ca, check, denials, policy, serve, token
+from egress.cli import ca, check, denials, openclaw, policy, serve, token
 from egress.cli import exec as exec_
-from egress.cli import openclaw
 from egress.errors import EgressError
 
 __all__ = ["main"]

@@ -102,9 +102,8 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
                 drain_seconds: float = 10.0, audit: str | None = None) -> int:
     from mitmproxy.exceptions import OptionsError
 
-    from egress.lifecycle import Operations
-
     from egress.errors import PolicyErrors
+    from egress.lifecycle import Operations
     from egress.policy.load import load_policy_dir
 
     try:

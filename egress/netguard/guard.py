@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egress.errors import ResolveError
-from egress.netguard.addresses import IPAddress, NetworkPolicy, classify, describe, explain, parse_ip_literal
+from egress.netguard.addresses import (
+    IPAddress,
+    NetworkPolicy,
+    classify,
+    describe,
+    explain,
+    parse_ip_literal,
+)
 from egress.netguard.resolver import Resolver
 
 __all__ = [

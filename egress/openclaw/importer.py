@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -42,13 +41,12 @@ from egress.openclaw.store import (
     vault_ref,
 )
 from egress.policy.load import load_policy_dir, load_policy_texts
-from egress.policy.model import PolicySet
+from egress.policy.model import SKILL_NAME, PolicySet
 
 __all__ = ["ImportOptions", "ImportResult", "STATE_FILE", "find_leftovers", "run_import"]
 
 STATE_FILE = "openclaw-import.json"  # in DATA_DIR: where the policies are, for `openclaw env`
 SETTINGS_FILE = "openclaw-settings.yaml"
-_SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class ImportResult:
 
 def run_import(opts: ImportOptions) -> ImportResult:
     """Import the keys of an OpenClaw config. Raises ConfigError, PolicyErrors, SecretError."""
-    if opts.gateway is not None and not _SKILL_NAME.match(opts.gateway):
+    if opts.gateway is not None and not SKILL_NAME.match(opts.gateway):
         raise ConfigError(f"--gateway {opts.gateway!r}: a skill name uses letters, digits, "
                           "'.', '_' and '-' (at most 64)")
     text, config = read_config(opts.config)

@@ -22,12 +22,11 @@ from egress.openclaw.keys import is_key_like_env, key_kind, make_placeholder, sh
 from egress.openclaw.render import RenderedCredential, is_untouched, render_policy
 from egress.openclaw.skills import SkillInfo
 from egress.policy.match import parse_host_pattern
-from egress.policy.model import Credential, PolicySet
+from egress.policy.model import SKILL_NAME, Credential, PolicySet
 from egress.secrets.base import Secret
 
 __all__ = ["ImportPlan", "PolicyFile", "SkillKeys", "StoredKey", "make_plan"]
 
-_SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -252,10 +251,10 @@ def _keys_in_entry(entry_key: str, entry: Mapping[str, Any],
 
 
 def _skill_name(entry_key: str) -> str | None:
-    if _SKILL_NAME.match(entry_key):
+    if SKILL_NAME.match(entry_key):
         return entry_key
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry_key).strip("-._")[:64]
-    return name if name and _SKILL_NAME.match(name) else None
+    return name if name and SKILL_NAME.match(name) else None
 
 
 def _known_placeholders(existing: PolicySet | None) -> set[str]:

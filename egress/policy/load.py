@@ -18,6 +18,7 @@ import yaml
 from egress.errors import PolicyError, PolicyErrors
 from egress.policy.match import parse_host_pattern, parse_path_pattern
 from egress.policy.model import (
+    SKILL_NAME,
     Credential,
     Limits,
     Mode,
@@ -32,7 +33,6 @@ from egress.policy.yamlnodes import COMPOSER
 
 __all__ = ["load_policy_dir", "load_policy_texts"]
 
-_SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
 _TOP_KEYS = ("settings", "skills")
@@ -136,7 +136,7 @@ class _Builder(SettingsReader):
     # -- skills --------------------------------------------------------------------------
     def add_skill(self, file: str, name: str, key_node: yaml.Node, node: yaml.Node) -> None:
         field = f"skills.{name}"
-        if not _SKILL_NAME.match(name):
+        if not SKILL_NAME.match(name):
             self.error(file, key_node, field,
                        "skill names use letters, digits, '.', '_' and '-' (at most 64), "
                        "and start with a letter or digit")

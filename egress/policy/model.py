@@ -7,6 +7,7 @@ Nothing here does I/O or knows about YAML or mitmproxy. Hosts are stored normali
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,12 +27,16 @@ __all__ = [
     "NetworkSettings",
     "PolicySet",
     "Rule",
+    "SKILL_NAME",
     "Settings",
     "SkillPolicy",
     "Source",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A skill's name is its proxy user name: no ':' (Basic auth), nothing a shell or YAML mangles.
+SKILL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class Mode(StrEnum):
