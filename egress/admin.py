@@ -217,7 +217,7 @@ class AdminServer:
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def reload(self, request: web.Request) -> web.Response:
-        result = self.reloader.reload("admin")
+        result = await self.reloader.reload("admin")
         body: dict[str, Any] = {"ok": result.ok, "policy": result.policy}
         if not result.ok:
             body["errors"] = list(result.errors)

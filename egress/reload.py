@@ -6,7 +6,7 @@ Three triggers, one path (`Reloader.reload`):
 - SIGHUP;
 - `POST /reload` on the admin endpoint.
 
-A policy reload goes through `Runtime.reload_policy()`, which validates the whole directory
+A policy reload goes through `Runtime.reload_policy_async()`, which validates the whole directory
 first and keeps the running policy when the new one is invalid (each error is logged as
 `file:line: field: message`, and shows in /healthz and the metrics). The addon reads
 `runtime.policy` on every decision, so open tunnels carry on and new requests see the new
@@ -73,8 +73,9 @@ class Reloader:
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _policy_stamp: Stamp | None = field(default=None, repr=False)
     _token_stamp: Stamp | None = field(default=None, repr=False)
+    _tasks: set[asyncio.Task[ReloadResult]] = field(default_factory=set, repr=False)
 
-    def reload(self, trigger: str) -> ReloadResult:
+    async def reload(self, trigger: str) -> ReloadResult:
         """Reload the policy now (and re-read tokens). Never raises."""
         runtime = self.get_runtime()
         if runtime is None:
@@ -82,7 +83,7 @@ class Reloader:
         else:
             self._policy_stamp = fingerprint(runtime.policy_dir)
             try:
-                ok = runtime.reload_policy()
+                ok = await runtime.reload_policy_async()
             except Exception:  # a bug while reloading must not take the proxy down
                 log.exception("policy reload (%s) failed unexpectedly; keeping the policy", trigger)
                 ok = False
@@ -103,11 +104,15 @@ class Reloader:
         return self.last is not None and not self.last.ok
 
     # -- watching ------------------------------------------------------------------------
-    def poll(self) -> ReloadResult | None:
+    async def poll(self) -> ReloadResult | None:
         """One watcher step: reload if a policy file changed; notice token changes."""
+        return await self.reload("watch") if self._changed() else None
+
+    def _changed(self) -> bool:
+        """Take fresh fingerprints; True when a policy file changed since the last look."""
         runtime = self.get_runtime()
         if runtime is None:
-            return None
+            return False
         tokens: Stamp = (_stamp(str(runtime.tokens.path), "tokens"),)
         if self._token_stamp is None:
             self._token_stamp = tokens
@@ -118,15 +123,13 @@ class Reloader:
         stamp = fingerprint(runtime.policy_dir)
         if self._policy_stamp is None:
             self._policy_stamp = stamp
-            return None
-        if stamp == self._policy_stamp:
-            return None
-        return self.reload("watch")
+            return False
+        return stamp != self._policy_stamp
 
     async def run(self) -> None:
         while True:
             try:
-                self.poll()
+                await self.poll()
             except Exception:  # keep watching whatever happens
                 log.exception("policy watcher error")
             await asyncio.sleep(self.interval)
@@ -134,10 +137,15 @@ class Reloader:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start the watcher task and the SIGHUP handler (call inside the running loop)."""
         loop = loop or asyncio.get_running_loop()
-        self.poll()  # take the first fingerprints now, so an edit right after start counts
+        self._changed()  # take the first fingerprints now, so an edit right after start counts
         self._task = loop.create_task(self.run(), name="egress policy watcher")
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("sighup"))
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup, loop)
+
+    def _on_sighup(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self.reload("sighup"))
+        self._tasks.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -7,6 +7,7 @@ derived from it) only after the new one validated: a bad file never replaces a g
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -62,11 +63,13 @@ class Runtime:
         *,
         self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = frozenset(),
         audit_path: str | None = None,
+        policy: PolicySet | None = None,
     ) -> Runtime:
-        """Load and validate everything; raises PolicyErrors before anything starts."""
+        """Load and validate everything; raises PolicyErrors before anything starts.
+        `policy`: the directory's policy, already loaded (saves a second parse at startup)."""
         data = Path(data_dir)
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        policy = load_policy_dir(policy_dir)
+        policy = policy or load_policy_dir(policy_dir)
         dns = policy.settings.dns
         resolver = DnsResolver(dns.nameservers, timeout=dns.timeout, min_ttl=dns.min_ttl,
                                max_ttl=dns.max_ttl)
@@ -83,11 +86,27 @@ class Runtime:
         try:
             new = load_policy_dir(self.policy_dir)
         except PolicyErrors as exc:
-            self.reloads.failed += 1
-            self.reloads.last_error = str(exc)
-            for err in exc.errors:
-                log.error("policy reload rejected, keeping policy %s: %s", self.policy.digest, err)
-            return False
+            return self._rejected(exc)
+        return self.apply_policy(new)
+
+    async def reload_policy_async(self) -> bool:
+        """reload_policy() for the event loop: a large policy (100,000 rules take seconds)
+        is read in a worker thread, so traffic keeps flowing; only the swap runs on the loop."""
+        try:
+            new = await asyncio.to_thread(load_policy_dir, self.policy_dir)
+        except PolicyErrors as exc:
+            return self._rejected(exc)
+        return self.apply_policy(new)
+
+    def _rejected(self, exc: PolicyErrors) -> bool:
+        self.reloads.failed += 1
+        self.reloads.last_error = str(exc)
+        for err in exc.errors:
+            log.error("policy reload rejected, keeping policy %s: %s", self.policy.digest, err)
+        return False
+
+    def apply_policy(self, new: PolicySet) -> bool:
+        """Swap in a validated policy and what derives from it (guard networks, broker)."""
         if new.settings.dns != self.policy.settings.dns:
             dns = new.settings.dns
             self.guard = AddressGuard(
@@ -116,8 +135,6 @@ class Runtime:
 
 
 def _close_later(broker: SecretBroker) -> None:
-    import asyncio
-
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

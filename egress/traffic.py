@@ -56,7 +56,7 @@ class CountingLayer:
 
 
 class _Conn:
-    """Bytes of one connection not yet attributed to a skill (it had not authenticated)."""
+    """Bytes of one open connection not yet moved into the metrics."""
 
     __slots__ = ("counted", "pending_in", "pending_out")
 
@@ -95,17 +95,12 @@ class ConnectionTracker:
         conn.counted = True
 
         def on_bytes(from_client: bool, size: int) -> None:
-            skill = self._skill_of(client)
-            if skill is None:
-                # The request that authenticates arrives before it is checked: hold its bytes
-                # until the connection has a skill (or closes without one).
-                if from_client:
-                    conn.pending_out += size
-                else:
-                    conn.pending_in += size
-                return
-            self._flush(conn, skill)
-            self.metrics.add_bytes(skill, "out" if from_client else "in", size)
+            # Per chunk only an addition (this runs for every read of every tunnel); bytes
+            # reach the metrics when the connection closes or the metrics are read.
+            if from_client:
+                conn.pending_out += size
+            else:
+                conn.pending_in += size
 
         wrapped = CountingLayer(nextlayer.layer, client, on_bytes)
         nextlayer.layer = wrapped  # type: ignore[assignment]
@@ -118,5 +113,12 @@ class ConnectionTracker:
         conn.pending_in = conn.pending_out = 0
 
     def open_by_skill(self) -> dict[str, int]:
-        """Open connections per skill; "" for those not authenticated (yet)."""
-        return dict(Counter(self._skill_of(c) or "" for c in list(self._open.keys())))
+        """Open connections per skill; "" for those not authenticated (yet). Also moves the
+        bytes counted so far into the metrics, as this is called when metrics are read."""
+        counts: Counter[str] = Counter()
+        for client, conn in list(self._open.items()):
+            skill = self._skill_of(client)
+            counts[skill or ""] += 1
+            if skill is not None:  # bytes before authentication wait until there is a skill
+                self._flush(conn, skill)
+        return dict(counts)

@@ -17,6 +17,7 @@ from typing import Any
 from egress.cli.ca import ca_dir, ensure_ca
 from egress.cli.common import add_data_dir, data_dir
 from egress.errors import ConfigError
+from egress.policy.model import PolicySet
 
 log = logging.getLogger("egress")
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_master(policies: Path, data: Path, host: str, port: int, *,
-                 audit: str | None = None) -> Any:
+                 audit: str | None = None, policy: PolicySet | None = None) -> Any:
     """A mitmproxy Master with just the addons egress needs. Call inside a running loop."""
     from mitmproxy import master, options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
@@ -87,7 +88,8 @@ def build_master(policies: Path, data: Path, host: str, port: int, *,
     )
     m = master.Master(opts)
     m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
-                 tlsconfig.TlsConfig(), errorcheck.ErrorCheck(), EgressAddon())
+                 tlsconfig.TlsConfig(), errorcheck.ErrorCheck(),
+                 EgressAddon(preloaded=(str(policies), policy) if policy else None))
     opts.update(
         connection_strategy="lazy",
         egress_policies=str(policies), egress_data_dir=str(data), egress_audit=audit or "",
@@ -107,7 +109,8 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
     from egress.policy.load import load_policy_dir
 
     try:
-        load_policy_dir(policies)  # fail fast with file:line messages, before binding a port
+        # Fail fast with file:line messages before binding a port; the proxy reuses this load.
+        policy = await asyncio.to_thread(load_policy_dir, policies)
     except PolicyErrors as exc:
         for err in exc.errors:
             print(f"egress: {err}", file=sys.stderr)
@@ -115,7 +118,7 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
               file=sys.stderr)
         return 1
     try:
-        m = build_master(policies, data, host, port, audit=audit)
+        m = build_master(policies, data, host, port, audit=audit, policy=policy)
     except OptionsError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ nodes; NodeReader keeps the problem list and the typed accessors every part of i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -22,7 +23,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # libyaml's parser when PyYAML was built with it (3x faster on large policies), same nodes and
 # line numbers; some YAML syntax error texts differ.
 COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+# One constructor per thread: reloads parse in a worker thread, and a constructor keeps state.
+_LOCAL = threading.local()
 
 
 class NodeReader:
@@ -109,10 +111,13 @@ def construct(node: yaml.Node) -> Any:
     # the load time of a 100,000-rule policy).
     if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:
         return node.value
+    constructor = getattr(_LOCAL, "constructor", None)
+    if constructor is None:
+        constructor = _LOCAL.constructor = yaml.constructor.SafeConstructor()
     try:
-        return _CONSTRUCTOR.construct_object(node, deep=True)
+        return constructor.construct_object(node, deep=True)
     finally:
-        _CONSTRUCTOR.constructed_objects.clear()  # no memory kept between calls
+        constructor.constructed_objects.clear()  # no memory kept between calls
 
 
 def find(node: yaml.Node, dotted: str) -> yaml.Node:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,5 +173,5 @@ def test_fingerprint_sees_policy_files_only(tmp_path: Path) -> None:
 
 
 def test_reloader_without_a_runtime_reports_why(tmp_path: Path) -> None:
-    result = Reloader(lambda: None).reload("admin")
+    result = asyncio.run(Reloader(lambda: None).reload("admin"))
     assert (result.ok, result.errors) == (False, ("egress has no policy directory loaded",))
