@@ -19,6 +19,7 @@ import signal
 from typing import Any
 
 from egress.admin import AdminServer
+from egress.netguard import parse_ip_literal
 from egress.reload import Reloader
 
 __all__ = ["Operations"]
@@ -34,6 +35,7 @@ class Operations:
                  watch_interval: float = 1.0) -> None:
         """`master`: the mitmproxy Master; `addon`: its EgressAddon. No I/O here."""
         self.master, self.addon = master, addon
+        self.admin_address = admin
         self.drain_seconds = drain_seconds
         self.reloader = Reloader(lambda: addon.runtime, interval=watch_interval)
         self.admin = (AdminServer(addon, self.reloader, host=admin[0], port=admin[1],
@@ -47,6 +49,10 @@ class Operations:
         self.reloader.start(loop)
         if self.admin is not None:
             await self.admin.start()
+            runtime = getattr(self.addon, "runtime", None)
+            address = parse_ip_literal(self.admin_address[0]) if self.admin_address else None
+            if runtime is not None and address is not None and self.admin_address:
+                runtime.add_self_address(address, self.admin_address[1])  # loop protection
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_stop_signal, sig)
 

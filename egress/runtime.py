@@ -130,6 +130,11 @@ class Runtime:
                      len(new.skills), new.rule_count)
         return True
 
+    def add_self_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> None:
+        """Another address egress answers on (the admin endpoint): never a destination."""
+        self.self_addresses = self.self_addresses | {(ip, port)}
+        self.guard.replace_networks(_networks(self.policy, self.self_addresses))
+
     def record(self, record: AuditRecord) -> None:
         self.audit.write(record)
 

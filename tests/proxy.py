@@ -80,11 +80,12 @@ def wait_port(host: str, port: int, process: subprocess.Popen[bytes] | None = No
 
 @contextmanager
 def run_proxy(policies: Path, data_dir: Path, skills: list[str], *, host: str = "127.0.0.1",
-              args: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Proxy]:
+              args: list[str] | None = None, env: dict[str, str] | None = None,
+              port: int | None = None) -> Iterator[Proxy]:
     """Issue tokens for `skills`, start `egress serve`, stop it (SIGTERM, then SIGKILL) after."""
     store = TokenStore(data_dir)
     tokens = {s: store.issue(s) for s in skills}
-    port = free_port(host)
+    port = port or free_port(host)
     log_path = data_dir / "serve.log"
     args = list(args or [])
     if "--admin" not in args:  # the default admin port would collide between parallel proxies

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from tests.clients import basic, connect
 from tests.conftest import UPSTREAM_IP
 from tests.dnsserver import DnsServer
 from tests.proxy import Proxy, run_proxy
-from tests.upstream import CountingListener, Upstream, run_upstream
+from tests.upstream import CountingListener, Upstream, free_port, run_upstream
 
 
 @dataclass
@@ -147,3 +148,23 @@ def test_proxy_itself_is_never_a_destination(gw: GuardWorld) -> None:
     scout = basic("scout", gw.proxy.tokens["scout"])
     resp = connect((gw.proxy.host, gw.proxy.port), f"127.0.0.1:{gw.proxy.port}", scout)
     assert resp.status == 403
+
+
+def test_egress_own_addresses_stay_refused_even_when_loopback_is_opened(tmp_path: Path) -> None:
+    """Loop protection: with 127.0.0.1 opened by networks.allow and named by a rule, the
+    proxy port and the admin port are still refused (egress itself is never a destination)."""
+    proxy_port, admin_port = free_port(), free_port()
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "settings:\n  networks: {allow: [\"127.0.0.1/32\"]}\n"
+        f"skills:\n  s:\n    allow: [{{host: 127.0.0.1, ports: [{proxy_port}, {admin_port}]}}]\n")
+    with run_proxy(policies, tmp_path / "data", ["s"], port=proxy_port,
+                   args=["--admin", f"127.0.0.1:{admin_port}"]) as proxy:
+        auth = basic("s", proxy.tokens["s"])
+        for port in (proxy_port, admin_port):
+            resp = connect((proxy.host, proxy.port), f"127.0.0.1:{port}", auth)
+            assert resp.status == 403, port
+            record = proxy.audit_for(resp.request_id)
+            assert record["reason"] == "blocked_address"
+            assert "egress" in record["detail"], record["detail"]
