@@ -16,20 +16,17 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
-from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, server_hooks
-from mitmproxy.proxy.layers import TCPLayer
-from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from egress import header_limit
 from egress.audit import AuditRecord, new_request_id
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
+    audit_record,
     host_and_port,
     is_host_name,
     listen_addresses,
@@ -50,22 +47,11 @@ from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
+from egress.tunnels import Tunnel, passthrough_layer, sni_matches
 
 __all__ = ["EgressAddon"]
 
 log = logging.getLogger("egress")
-
-
-@dataclass
-class Tunnel:
-    """What was decided for a client connection's CONNECT."""
-
-    skill: str
-    host: str  # normalised CONNECT host
-    port: int
-    decision: Decision
-    address: str | None  # the vetted address dialled
-    refused: Reason | None = None  # set when a later check (SNI) refused the tunnel
 
 
 class EgressAddon:
@@ -196,43 +182,12 @@ class EgressAddon:
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         try:
-            self._passthrough_early(nextlayer)
+            tunnel = self._tunnels.get(nextlayer.context.client)
+            if tunnel is not None and (fast := passthrough_layer(nextlayer, tunnel)) is not None:
+                nextlayer.layer = fast
         except Exception:  # the slow path (tls_clienthello) still decides correctly
             log.exception("egress: error in the early passthrough check")
         self.connections.next_layer(nextlayer)  # counts the connection's bytes
-
-    def _passthrough_early(self, nextlayer: layer.NextLayer) -> None:
-        """Hand an approved passthrough tunnel straight to a raw TCP layer.
-
-        Speed only: deciding in tls_clienthello works too, but by then mitmproxy has stacked
-        two TLS layers that then relay every chunk of the tunnel (measured: 15-35% more CPU
-        per keep-alive request). The same SNI check runs here; anything unusual (no complete
-        ClientHello yet, a mismatch, not TLS) is left to the normal path, which refuses it.
-        """
-        tunnel = self._tunnels.get(nextlayer.context.client)
-        if (tunnel is None or tunnel.refused is not None or tunnel.decision.intercept
-                or nextlayer.context.server.address != (tunnel.address, tunnel.port)):
-            return
-        data = nextlayer.data_client()
-        if not starts_like_tls_record(data):
-            return
-        try:
-            hello = parse_client_hello(data)
-        except ValueError:
-            return
-        if hello is not None and self._sni_matches(tunnel, hello.sni):
-            nextlayer.layer = TCPLayer(nextlayer.context, ignore=True)
-            log.debug("egress: passthrough %s:%d for %s", tunnel.host, tunnel.port, tunnel.skill)
-
-    @staticmethod
-    def _sni_matches(tunnel: Tunnel, sni: str | None) -> bool:
-        """The TLS SNI names the CONNECT host (clients send none for IP literals)."""
-        if sni is None:
-            return parse_ip_literal(tunnel.host) is not None
-        try:
-            return normalise_host(sni) == tunnel.host
-        except ValueError:
-            return False
 
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""
@@ -273,7 +228,7 @@ class EgressAddon:
             data.ignore_connection = True
             return  # no CONNECT was approved on this connection: server_connect refuses it
         sni = data.client_hello.sni
-        if self._sni_matches(tunnel, sni):
+        if sni_matches(tunnel, sni):
             if tunnel.decision.intercept:
                 # Connect upstream (to the vetted address) before answering the client, so
                 # the client is offered the upstream's protocol (ALPN): an HTTP/1.1 upstream
@@ -415,9 +370,9 @@ class EgressAddon:
             flow.metadata["egress_credential"] = outcome.credential
             if outcome.stale or self.runtime.policy.settings.audit.log_allowed:
                 # A stale key (secret manager down, inside the grace window) is always audited.
-                self.runtime.record(self._record(
-                    flow, str(decision.verdict), decision.reason, skill, dest, "http", rid,
-                    decision, credential=outcome.credential,
+                self.runtime.record(audit_record(
+                    self.runtime.policy.digest, flow, str(decision.verdict), decision.reason,
+                    skill, dest, "http", rid, decision, credential=outcome.credential,
                     detail="stale credential: secret manager unavailable" if outcome.stale else None))
         return True
 
@@ -502,8 +457,8 @@ class EgressAddon:
                         policy_source=str(rule.source) if rule is not None else None)
         flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
         self.metrics.decision("deny", reason, skill, dest.host)
-        self.runtime.record(self._record(flow, "deny", reason, skill, dest, kind, rid, decision,
-                                         detail=detail))
+        self.runtime.record(audit_record(self.runtime.policy.digest, flow, "deny", reason, skill,
+                                         dest, kind, rid, decision, detail=detail))
 
     def _refuse_connection(self, client: connection.Client, reason: Reason, kind: str,
                            skill: str | None, host: str, port: int, detail: str) -> None:
@@ -541,24 +496,6 @@ class EgressAddon:
         assert self.runtime is not None
         self.metrics.decision(decision.verdict, decision.reason, skill, dest.host)
         if decision.verdict is Verdict.REPORT or self.runtime.policy.settings.audit.log_allowed:
-            self.runtime.record(self._record(flow, str(decision.verdict), decision.reason, skill,
-                                             dest, kind, rid, decision, resolved=resolved))
-
-    def _record(self, flow: http.HTTPFlow, verdict: str, reason: Reason, skill: str | None,
-                dest: Destination, kind: str, rid: str, decision: Decision | None,
-                *, detail: str | None = None, resolved: str | None = None,
-                credential: str | None = None) -> AuditRecord:
-        assert self.runtime is not None
-        req = flow.request
-        connect = req.method == "CONNECT"
-        return AuditRecord(
-            id=rid, decision=verdict, reason=str(reason), kind=kind, skill=skill,
-            client=peer_address(flow.client_conn), host=dest.host, port=dest.port,
-            method=None if connect else req.method[:16],
-            scheme=None if connect else req.scheme,
-            path=None if connect else req.path.split("?", 1)[0][:2048],
-            rule=decision.rule.label if decision and decision.rule else None,
-            resolved=resolved, policy=self.runtime.policy.digest, detail=detail,
-            credential=credential,
-        )
-
+            self.runtime.record(audit_record(
+                self.runtime.policy.digest, flow, str(decision.verdict), decision.reason, skill,
+                dest, kind, rid, decision, resolved=resolved))

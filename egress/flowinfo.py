@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from mitmproxy import connection, http
 
+from egress.audit import AuditRecord
 from egress.netguard import IPAddress, parse_ip_literal
-from egress.policy.decide import Destination
+from egress.policy.decide import Decision, Destination
 from egress.policy.match import normalise_host
+from egress.reasons import Reason
 
-__all__ = ["host_and_port", "is_host_name", "listen_addresses", "peer_address",
+__all__ = ["audit_record", "host_and_port", "is_host_name", "listen_addresses", "peer_address",
            "requested_destination"]
 
 
@@ -62,3 +64,21 @@ def listen_addresses(host: str, port: int) -> frozenset[tuple[IPAddress, int]]:
     """egress's own listening addresses, which no skill may be proxied back to."""
     hosts = (host,) if host else ("0.0.0.0", "::")  # empty listen_host: every interface
     return frozenset((ip, port) for ip in map(parse_ip_literal, hosts) if ip is not None)
+
+
+def audit_record(policy: str, flow: http.HTTPFlow, verdict: str, reason: Reason,
+                 skill: str | None, dest: Destination, kind: str, rid: str,
+                 decision: Decision | None, *, detail: str | None = None,
+                 resolved: str | None = None, credential: str | None = None) -> AuditRecord:
+    """The audit line for a decision on `flow` (never a query string, header value or body)."""
+    req = flow.request
+    connect = req.method == "CONNECT"
+    return AuditRecord(
+        id=rid, decision=verdict, reason=str(reason), kind=kind, skill=skill,
+        client=peer_address(flow.client_conn), host=dest.host, port=dest.port,
+        method=None if connect else req.method[:16],
+        scheme=None if connect else req.scheme,
+        path=None if connect else req.path.split("?", 1)[0][:2048],
+        rule=decision.rule.label if decision and decision.rule else None,
+        resolved=resolved, policy=policy, detail=detail, credential=credential,
+    )
