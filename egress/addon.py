@@ -5,10 +5,12 @@ refusal response, passthrough or interception, a pinned address. The order of ch
 order of cost: credentials, then the pure policy decision, then DNS -- so a denied request
 costs no lookup and no upstream connection.
 
-    CONNECT host:port ─▶ http_connect:   auth → decide → vet address → pin → Tunnel state
-    TLS ClientHello   ─▶ tls_clienthello: SNI must equal the CONNECT host; passthrough
-    GET http://h/p    ─▶ requestheaders: auth → Host==URI → decide → vet → pin → strip auth
-    upstream dial     ─▶ server_connect: last line: only vetted addresses, refused tunnels never
+    CONNECT host:port  http_connect     auth, decide, rate limit, vet address, pin, Tunnel
+    TLS ClientHello    next_layer       SNI == CONNECT host: raw passthrough (fast path)
+                       tls_clienthello  same check otherwise; intercept if a rule looks inside
+    request in tunnel  requestheaders   Host == CONNECT host, method/path, credential step
+    GET http://h/p     requestheaders   auth, Host == URI, decide, credential step, vet, pin
+    upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
 """
 
 from __future__ import annotations
