@@ -299,3 +299,19 @@ def test_audit_line_survives_a_killed_proxy(tmp_path: Path, world: World) -> Non
         assert proxy.process.returncode == -signal.SIGKILL
         records = proxy.audit()
     assert [r["id"] for r in records] == [resp.request_id]
+
+
+def test_approved_passthrough_takes_the_fast_path(tmp_path: Path, world: World) -> None:
+    """An approved passthrough tunnel gets a raw TCP layer in next_layer (no TLS layers),
+    and a mismatching SNI still goes the slow way and is refused."""
+    from tests.proxy import run_proxy
+
+    with run_proxy(world.proxy.policies, tmp_path / "data", ["alpha"],
+                   args=["--log-level", "debug"]) as proxy:
+        with httpx.Client(proxy=proxy.url("alpha"), timeout=10, trust_env=False,
+                          verify=ssl.create_default_context(cafile=world.ca.path)) as client:
+            assert client.get(f"https://api.allowed.test:{world.tls.port}/echo").status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "passthrough api.allowed.test" not in proxy.log():
+            time.sleep(0.05)
+        assert f"egress: passthrough api.allowed.test:{world.tls.port} for alpha" in proxy.log()
