@@ -81,17 +81,10 @@ class Runtime:
             broker=build_broker(policy.settings.secrets or SecretSettings()),
         )
 
-    def reload_policy(self) -> bool:
-        """Load the policy directory again; keep the running policy if the new one is bad."""
-        try:
-            new = load_policy_dir(self.policy_dir)
-        except PolicyErrors as exc:
-            return self._rejected(exc)
-        return self.apply_policy(new)
-
     async def reload_policy_async(self) -> bool:
-        """reload_policy() for the event loop: a large policy (100,000 rules take seconds)
-        is read in a worker thread, so traffic keeps flowing; only the swap runs on the loop."""
+        """Load the policy directory again; keep the running policy if the new one is bad.
+        The files are parsed in a worker thread (100,000 rules take seconds), so traffic keeps
+        flowing; only the swap runs on the event loop."""
         try:
             new = await asyncio.to_thread(load_policy_dir, self.policy_dir)
         except PolicyErrors as exc:
