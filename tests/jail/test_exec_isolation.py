@@ -1,0 +1,181 @@
+"""Inside `egress exec`, processes outside the jail are out of reach (real jail, root).
+
+The attack (issue 17): a process of the same user runs outside the jail (the shell that ran
+sudo is always one). Sharing the host's PID namespace and with no syscall filter, the jailed
+command could ptrace it, inject syscalls, and have *it* open connections in the host's
+network namespace (egress's admin /metrics, unaudited), or read its environment (another
+skill's proxy token). Each test runs the same probe outside the jail first, as the same user:
+the attack works there, so its failure inside proves the jail, not a broken probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.jail.conftest import JAILED_UID, JailWorld, needs_netns
+
+pytestmark = needs_netns
+ESCAPES = pytest.mark.xfail(
+    strict=True, reason="issue 17: the jail shares the host's PID namespace, no syscall filter")
+
+OTHER_TOKEN = "egr_other_skill_token_0123456789abcdef"
+
+
+def outside(world: JailWorld, **action: Any) -> dict[str, Any]:
+    """The probe as the jailed user in the host namespaces, without egress exec."""
+    result = subprocess.run(world.probe_argv(**action), capture_output=True, text=True, timeout=60,
+                            user=JAILED_UID, group=JAILED_UID, extra_groups=[])
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the jailed user outside the jail, holding another skill's token."""
+    proc = subprocess.Popen(["sleep", "300"], user=JAILED_UID, group=JAILED_UID, extra_groups=[],
+                            env={"PATH": "/usr/bin:/bin", "EGRESS_TOKEN": OTHER_TOKEN})
+    try:
+        for _ in range(100):  # until it sleeps in its syscall (exec done, state S)
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "S" and os.readlink(
+                        f"/proc/{proc.pid}/exe").endswith("sleep"):
+                    break
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def traced_by(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line for line in fh if line.startswith("TracerPid:")).split()[1])
+
+
+@ESCAPES
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the syscall injection is x86_64 code")
+def test_ptrace_cannot_make_a_host_process_connect_for_the_jail(
+        jail_world: JailWorld, victim: subprocess.Popen[bytes]) -> None:
+    w = jail_world
+    request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    stolen = outside(w, op="hijack", pid=victim.pid, port=w.admin_port, request=request)
+    assert stolen["ok"] is True, stolen  # control: the attack works without the jail
+    assert stolen["answer"].startswith("HTTP/1.0 200") and "egress_" in stolen["answer"]
+    before = w.admin.accepted
+    answer = w.probe(op="hijack", pid=victim.pid, port=w.admin.port, request=request)
+    assert answer == {"ok": False, "error": "EPERM"}
+    assert w.admin.accepted == before  # nothing connected on the jail's behalf
+    assert victim.poll() is None and traced_by(victim.pid) == 0
+
+
+@ESCAPES
+def test_ptrace_attach_to_a_host_process_fails(jail_world: JailWorld,
+                                               victim: subprocess.Popen[bytes]) -> None:
+    w = jail_world
+    assert outside(w, op="ptrace_attach", pid=victim.pid) == {"ok": True}  # control
+    assert w.probe(op="ptrace_attach", pid=victim.pid) == {"ok": False, "error": "EPERM"}
+    assert traced_by(victim.pid) == 0
+
+
+@ESCAPES
+def test_host_processes_are_invisible(jail_world: JailWorld,
+                                      victim: subprocess.Popen[bytes]) -> None:
+    w = jail_world
+    assert victim.pid in outside(w, op="info")["pids"]  # control
+    info = w.probe(op="info")
+    # The command is the only child of the jail's init (PID 1); the probe is the command.
+    assert (info["pid"], info["ppid"]) == (2, 1)
+    assert victim.pid not in info["pids"] and w.proxy.process.pid not in info["pids"]
+    assert info["pids"] == [1, 2]
+
+
+@ESCAPES
+def test_host_process_environment_is_unreadable(jail_world: JailWorld,
+                                                victim: subprocess.Popen[bytes]) -> None:
+    w = jail_world
+    path = f"/proc/{victim.pid}/environ"
+    assert OTHER_TOKEN in outside(w, op="read", path=path)["text"]  # control
+    assert w.probe(op="read", path=path) == {"ok": False, "error": "ENOENT"}
+    assert w.probe(op="read", path=f"/proc/{w.proxy.process.pid}/environ") == {
+        "ok": False, "error": "ENOENT"}
+
+
+@ESCAPES
+def test_host_processes_cannot_be_signalled(jail_world: JailWorld,
+                                            victim: subprocess.Popen[bytes]) -> None:
+    w = jail_world
+    assert outside(w, op="signal", pid=victim.pid, sig=0) == {"ok": True}  # control
+    assert w.probe(op="signal", pid=victim.pid, sig=0) == {"ok": False, "error": "ESRCH"}
+
+
+# Each call with arguments that make it fail harmlessly (or succeed harmlessly) outside, with
+# an error other than the jail's: so the jail's errno can only come from the filter.
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+REFUSED_CALLS: list[tuple[str, list[int], str]] = [
+    ("ptrace", [16, 0, 0, 0], "EPERM"),                       # PTRACE_ATTACH to pid 0
+    ("process_vm_readv", [0, 0, 0, 0, 0, 0], "EPERM"),
+    ("process_vm_writev", [0, 0, 0, 0, 0, 0], "EPERM"),
+    ("pidfd_open", [1, 0], "EPERM"),
+    ("pidfd_getfd", [-1, 0, 0], "EPERM"),
+    ("kcmp", [1, 1, 0, 0, 0], "EPERM"),
+    ("setns", [-1, 0], "EPERM"),
+    ("unshare", [0], "EPERM"),
+    ("mount", [0, 0, 0, 0, 0], "EPERM"),
+    ("umount2", [0, 0], "EPERM"),
+    ("pivot_root", [0, 0], "EPERM"),
+    ("open_tree", [-1, 0, 0], "EPERM"),
+    ("move_mount", [-1, 0, -1, 0, 0], "EPERM"),
+    ("fsopen", [0, 0], "EPERM"),
+    ("mount_setattr", [-1, 0, 0, 0, 0], "EPERM"),
+    ("open_by_handle_at", [-1, 0, 0], "EPERM"),
+    ("keyctl", [0, -4, 0], "EPERM"),                          # KEYCTL_GET_KEYRING_ID, user keyring
+    ("add_key", [0, 0, 0, 0, 0], "EPERM"),
+    ("request_key", [0, 0, 0, 0], "EPERM"),
+    ("bpf", [-1, 0, 0], "EPERM"),
+    ("perf_event_open", [0, 0, -1, -1, 0], "EPERM"),
+    ("userfaultfd", [-1], "EPERM"),
+    ("io_uring_setup", [0, 0], "EPERM"),
+    ("io_uring_enter", [-1, 0, 0, 0, 0, 0], "EPERM"),
+    ("io_uring_register", [-1, 0, 0, 0], "EPERM"),
+    ("clone", [CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0], "EPERM"),  # a new user namespace
+    ("clone3", [0, 0], "ENOSYS"),                             # libc falls back to clone
+]
+
+
+@ESCAPES
+def test_refused_syscalls_fail_with_the_documented_errno(jail_world: JailWorld) -> None:
+    w = jail_world
+    calls = [[name, *args] for name, args, _ in REFUSED_CALLS]
+    free = outside(w, op="syscalls", calls=calls)["results"]
+    jailed = w.probe(op="syscalls", calls=calls)["results"]
+    assert jailed == {name: errno for name, _, errno in REFUSED_CALLS}
+    # Control: outside, most of them fail differently or succeed (unshare(0), keyctl, a clone
+    # with a new user namespace where unprivileged ones are allowed); the errno is the filter's.
+    differs = [name for name, _, errno in REFUSED_CALLS if free[name] != errno]
+    assert {"unshare", "setns", "mount", "pidfd_open", "process_vm_readv", "kcmp",
+            "clone3"} <= set(differs), free
+
+
+def test_ordinary_processes_still_work_inside(jail_world: JailWorld) -> None:
+    # Threads (clone3 → clone fallback), fork and a pipeline still run under the filter.
+    python = jail_world.probe_argv(op="info")[0]
+    result = jail_world.run(["sh", "-c", f"echo a | tr a b; (sleep 0.1 &) ; wait; {python} -c "
+                             "'import threading; t = threading.Thread(target=print, "
+                             "args=(\"thread\",)); t.start(); t.join()'"])
+    assert (result.returncode, result.stdout, result.stderr) == (0, "b\nthread\n", "")
+
+
+@ESCAPES
+def test_filter_is_on_and_no_capability_is_left(jail_world: JailWorld) -> None:
+    info = jail_world.probe(op="info")
+    assert info["seccomp"] == "2"  # SECCOMP_MODE_FILTER
+    assert info["no_new_privs"] == "1"
+    assert info["caps"] == dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapAmb"), "0" * 16)
