@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from egress import jail
+from egress import jail, syscall_filter
 from egress.cli.ca import ensure_ca
 from egress.cli.common import add_data_dir, data_dir
 from egress.cli.serve import parse_hostport
@@ -142,7 +142,9 @@ def ca_bundle(system_pem: str, egress_pem: str) -> str:
 # -- the command -----------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    why = jail.unavailable(platform=sys.platform, euid=os.geteuid())
+    bwrap = shutil.which("bwrap")
+    why = (jail.unavailable(platform=sys.platform, euid=os.geteuid(), bwrap=bwrap)
+           or syscall_filter.unavailable())
     if why is not None:
         print(why, file=sys.stderr)
         return _EXIT_UNAVAILABLE
@@ -172,12 +174,12 @@ def run(args: argparse.Namespace) -> int:
         env = jail_environment(os.environ, proxy=proxy_url(args.skill, token, port),
                                ca_bundle=str(bundle), account=account)
         spec = jail.JailSpec(command=tuple(command), env=env, uid=account.uid, gid=account.gid,
-                             proxy=(host, port), port=port, resolv_conf=str(resolv))
+                             proxy=(host, port), port=port, resolv_conf=str(resolv), bwrap=bwrap)
         try:
             return asyncio.run(jail.run(spec))
-        except OSError as exc:
-            print(f"egress exec: cannot build the jail: {exc.strerror or exc}",
-                  file=sys.stderr)
+        except (OSError, syscall_filter.SyscallFilterError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            print(f"egress exec: cannot build the jail: {reason}", file=sys.stderr)
             return _EXIT_UNAVAILABLE
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

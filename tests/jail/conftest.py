@@ -5,7 +5,7 @@ egress, and a directory the jailed user (nobody) can read.
         │ veth (created by the test, 10.200.X.0/30 + a ULA /64)
     internet namespace: plain HTTP on v4 and v6, HTTPS on v4
 
-Needs root and `ip`; every test here is skipped with the reason otherwise.
+Needs root, `ip`, `bwrap` and libseccomp; every test here is skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from egress import syscall_filter
 from tests.conftest import TestCA, write_policy
 from tests.dnsserver import DnsServer
 from tests.jail.netns import IP, CountingServer, Internet, existing, internet_namespace, listening_socket
@@ -36,7 +37,9 @@ JAILED_UID = 65534
 SKIP_REASON = (
     "needs root (network namespaces)" if os.geteuid() != 0 else
     "needs `ip` from iproute2 (apt-get install iproute2)" if IP is None else
-    "needs Linux" if not sys.platform.startswith("linux") else None
+    "needs Linux" if not sys.platform.startswith("linux") else
+    "needs `bwrap` (apt-get install bubblewrap)" if shutil.which("bwrap") is None else
+    syscall_filter.unavailable()
 )
 needs_netns = [pytest.mark.netns, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
 

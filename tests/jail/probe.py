@@ -66,6 +66,14 @@ def http(url, use_proxy=True, cafile=None):
         return {"ok": True, "status": exc.code, "body": json.loads(exc.read() or b"null")}
 
 
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def info():
     with open("/proc/self/status") as fh:
         status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
@@ -81,6 +89,7 @@ def info():
             "caps": {k: status.get(k) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")},
             "seccomp": status.get("Seccomp"), "pid": os.getpid(), "ppid": os.getppid(),
             "pids": sorted(int(e) for e in os.listdir("/proc") if e.isdigit()),
+            "fds": [fd for fd in range(3, 1024) if _is_open(fd)],
             "env": dict(os.environ), "resolv": resolv,
             "interfaces": [name for _, name in socket.if_nameindex()],
             "netns": os.readlink("/proc/self/ns/net"), "bundle": bundle}

@@ -21,16 +21,20 @@ from tests.upstream import free_port
 NOBODY = Account(JAILED_UID, JAILED_UID, "nobody", "/nonexistent")
 
 
-@pytest.mark.parametrize("platform, euid, message", [
-    pytest.param("linux", 0, None, id="root on Linux can build the jail"),
-    pytest.param("linux", 1000, "egress exec must start as root to create a network namespace (the "
+@pytest.mark.parametrize("platform, euid, bwrap, message", [
+    pytest.param("linux", 0, "/usr/bin/bwrap", None, id="root on Linux can build the jail"),
+    pytest.param("linux", 0, None, "egress exec needs bubblewrap (`bwrap`) to build the jail and "
+                 "found none on PATH: apt-get install bubblewrap (Debian/Ubuntu), dnf install "
+                 "bubblewrap (Fedora)", id="no bubblewrap"),
+    pytest.param("linux", 1000, "/usr/bin/bwrap", "egress exec must start as root to create a network namespace (the "
                  "command itself runs as you, not as root): sudo egress exec --skill SKILL -- COMMAND",
                  id="not root"),
-    pytest.param("darwin", 0, "egress exec needs Linux network namespaces; on this system run skills "
+    pytest.param("darwin", 0, None, "egress exec needs Linux network namespaces; on this system run skills "
                  "in a container on an internal network instead (see the README)", id="not Linux"),
 ])
-def test_unavailable_says_what_is_missing(platform: str, euid: int, message: str | None) -> None:
-    assert jail.unavailable(platform=platform, euid=euid) == message
+def test_unavailable_says_what_is_missing(platform: str, euid: int, bwrap: str | None,
+                                         message: str | None) -> None:
+    assert jail.unavailable(platform=platform, euid=euid, bwrap=bwrap) == message
 
 
 @pytest.mark.parametrize("returncode, status", [
@@ -135,6 +139,16 @@ def test_refusals_name_what_is_missing(jail_world: JailWorld, tmp_path: Path) ->
     for result, stderr in cases:
         assert (result.returncode, result.stderr) == (1, stderr)
         assert w.proxy.tokens["jailed"] not in result.stderr
+
+
+@netns_only
+def test_missing_bubblewrap_is_named_before_anything_is_built(jail_world: JailWorld,
+                                                             tmp_path: Path) -> None:
+    w = jail_world
+    result = _exec("--skill", "jailed", "--proxy", w.proxy.address, "--data-dir",
+                   str(w.proxy.data_dir), "--user", "nobody", "--", "true",
+                   env={"EGRESS_TOKEN": w.proxy.tokens["jailed"], "PATH": str(tmp_path)})
+    assert (result.returncode, result.stderr) == (126, jail.sandbox.MISSING_BWRAP + "\n")
 
 
 @netns_only
