@@ -90,18 +90,19 @@ class JailWorld:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUDO_")}
         return {**env, "EGRESS_TOKEN": self.proxy.tokens["jailed"], **extra}
 
-    def run(self, command: list[str], *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(self, command: list[str], *extra: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(command, *extra), capture_output=True, text=True,
-                              timeout=timeout, env=self.env())
+                              timeout=timeout, env=self.env(**(env or {})))
 
     def probe_argv(self, **action: Any) -> list[str]:
         if self.python is None:
             pytest.skip("no Python interpreter the jailed user can run")
         return [self.python, str(self.public / "probe.py"), json.dumps(action)]
 
-    def probe(self, **action: Any) -> dict[str, Any]:
-        """Run probe.py inside egress exec; its JSON answer."""
-        result = self.run(self.probe_argv(**action))
+    def probe(self, *extra: str, env: dict[str, str] | None = None, **action: Any) -> dict[str, Any]:
+        """Run probe.py inside egress exec (`extra`: more egress exec options); its JSON answer."""
+        result = self.run(self.probe_argv(**action), *extra, env=env)
         assert result.returncode == 0, result.stderr
         answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
         return answer

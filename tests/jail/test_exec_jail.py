@@ -87,19 +87,30 @@ def test_denied_https_tunnel_is_refused_at_connect(jail_world: JailWorld) -> Non
 
 def test_command_sees_proxy_credentials_and_nothing_else(jail_world: JailWorld) -> None:
     w = jail_world
-    info = w.probe(op="info")
+    caller = {"OPERATOR_API_KEY": "sk-operator-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+              "NO_PROXY": "*", "LD_PRELOAD": "", "SSH_AUTH_SOCK": "/tmp/agent", "LANG": "C.UTF-8",
+              "LC_TIME": "C", "TERM": "dumb", "TZ": "UTC", "SKILL_SETTING": "from-caller"}
+    info = w.probe("--env", "SKILL_SETTING", "--env", "MODE=fast", op="info", env=caller)
     url = f"http://jailed:{w.proxy.tokens['jailed']}@127.0.0.1:{w.proxy.port}"
     env = info["env"]
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        assert env[name] == url, name
-    assert "NO_PROXY" not in env and "no_proxy" not in env and "EGRESS_TOKEN" not in env
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
-        assert env[name] == env["SSL_CERT_FILE"], name
+    bundle = env["SSL_CERT_FILE"]
+    assert env == {
+        "PATH": os.environ["PATH"], "TERM": "dumb", "LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC",
+        "HOME": "/nonexistent", "USER": "nobody", "LOGNAME": "nobody",
+        "PWD": os.getcwd(),  # bubblewrap sets it: the command starts in the caller's directory
+        "SKILL_SETTING": "from-caller", "MODE": "fast",
+        **dict.fromkeys(["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                         "all_proxy"], url),
+        **dict.fromkeys(["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                         "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE", "PIP_CERT",
+                         "HTTPLIB2_CA_CERTS", "DENO_CERT", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+                         "NIX_SSL_CERT_FILE", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE"], bundle),
+    }
     egress_ca = (w.proxy.data_dir / "ca" / "mitmproxy-ca-cert.pem").read_text().strip()
     assert egress_ca in info["bundle"]
     assert info["bundle"].count("BEGIN CERTIFICATE") > 1  # the system's CAs too
     assert (info["uid"], info["gid"], info["groups"]) == (JAILED_UID, JAILED_UID, [])
-    assert (env["USER"], info["no_new_privs"], info["capabilities"]) == ("nobody", "1", "0" * 16)
+    assert (info["no_new_privs"], info["capabilities"]) == ("1", "0" * 16)
     assert info["interfaces"] == ["lo"]
     assert "nameserver" not in info["resolv"]
 
