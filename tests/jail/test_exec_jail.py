@@ -169,6 +169,10 @@ def test_host_loopback_services_and_egress_admin_are_out_of_reach(jail_world: Ja
     # Through the proxy it is refused too: egress never dials its own or loopback addresses.
     via_proxy = w.probe(op="http", url=f"http://127.0.0.1:{w.admin_port}/healthz")
     assert via_proxy["status"] == 403
+    record = w.proxy.audit_for(via_proxy["body"]["request_id"])
+    assert (record["decision"], record["skill"], record["host"], record["port"]) == (
+        "deny", "jailed", "127.0.0.1", w.admin_port)
+    assert record["reason"] == via_proxy["body"]["reason"]
 
 
 # -- exit codes and cleanup ------------------------------------------------------------------
