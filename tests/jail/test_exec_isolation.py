@@ -257,3 +257,25 @@ def test_per_user_runtime_directories_are_hidden(jail_world: JailWorld) -> None:
         bus.unlink(missing_ok=True)
         for created in reversed(made):
             created.rmdir()
+
+
+def test_host_abstract_unix_sockets_are_out_of_reach(jail_world: JailWorld) -> None:
+    # Abstract sockets (X11, some session buses) belong to the network namespace.
+    name = f"@egress-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind("\0" + name[1:])
+        server.listen(4)
+        assert outside(jail_world, op="unix", path=name) == {"ok": True}  # control
+        assert jail_world.probe(op="unix", path=name) == {"ok": False, "error": "ECONNREFUSED"}
+    finally:
+        server.close()
+
+
+def test_the_host_file_system_is_nosuid_and_nodev(jail_world: JailWorld) -> None:
+    # Only the jail's own /dev (its tmpfs, devpts and shm) may hold devices; no_new_privs makes
+    # setuid bits powerless everywhere anyway.
+    mounts = jail_world.probe(op="mounts")["mounts"]
+    host = [m for m in mounts if not (m["target"] == "/dev" or m["target"].startswith("/dev/"))]
+    assert len(host) > 1 and any(m["target"] == "/" for m in host)
+    assert [m for m in host if not (m["nosuid"] and m["nodev"])] == []

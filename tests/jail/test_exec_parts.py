@@ -206,6 +206,20 @@ def test_missing_bubblewrap_is_named_before_anything_is_built(jail_world: JailWo
 
 
 @netns_only
+def test_a_jail_bubblewrap_could_not_build_says_so(jail_world: JailWorld,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    # /bin/false stands in for a bwrap that fails before the command starts (exit 1, like
+    # bwrap refused a new /proc): not the command's status, but 126 and a message.
+    w = jail_world
+    spec = jail.JailSpec(command=("true",), env={"PATH": "/usr/bin:/bin"}, uid=JAILED_UID,
+                         gid=JAILED_UID, proxy=(w.proxy.host, w.proxy.port), port=w.proxy.port,
+                         resolv_conf="/dev/null", bwrap="/bin/false")
+    assert asyncio.run(jail.run(spec)) == 126
+    assert capfd.readouterr().err == ("egress exec: bubblewrap could not build the jail "
+                                      "(exit status 1)\n")
+
+
+@netns_only
 def test_masked_paths_are_hidden_inside_the_jail(jail_world: JailWorld, tmp_path: Path,
                                                  capfd: pytest.CaptureFixture[str]) -> None:
     # Stand-ins for nscd/resolved sockets: a directory with a socket, and a socket file.
