@@ -302,18 +302,21 @@ async def run(spec: JailSpec) -> int:
         server = await asyncio.start_server(relay.handle, sock=namespace.listener)
         seccomp_fd = os.memfd_create("egress-seccomp", os.MFD_CLOEXEC)
         fds.append(seccomp_fd)
-        os.write(seccomp_fd, program)
-        os.lseek(seccomp_fd, 0, os.SEEK_SET)
+        _write_all(seccomp_fd, program)
+        env_fd = os.memfd_create("egress-env", os.MFD_CLOEXEC)
+        fds.append(env_fd)
+        _write_all(env_fd, json.dumps(dict(spec.env)).encode())
         started_r, started_w = os.pipe()
         fds += [started_r, started_w]
+        drop = {"uid": spec.uid, "gid": spec.gid, "started": started_w, "env": env_fd}
         argv = sandbox.bwrap_argv(
             bwrap, mounts=sandbox.plan_mounts(spec.mask), resolv_stub=spec.resolv_conf,
             seccomp_fd=seccomp_fd, python=sys.executable, command=spec.command,
-            drop_config=json.dumps({"uid": spec.uid, "gid": spec.gid, "started": started_w}))
+            drop_config=json.dumps(drop))
         enter = {"nsfd": namespace.fd, "parent": os.getpid()}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", "-c", sandbox.ENTER, json.dumps(enter), *argv,
-            env=dict(spec.env), pass_fds=(namespace.fd, seccomp_fd, started_w),
+            env=sandbox.STAGE_ENV, pass_fds=(namespace.fd, seccomp_fd, started_w, env_fd),
         )
         os.close(started_w)
         fds.remove(started_w)
@@ -362,6 +365,14 @@ async def run(spec: JailSpec) -> int:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Fill a fresh memfd and rewind it for the reader."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DROP", "ENTER", "MISSING_BWRAP", "Mounts", "bwrap_argv", "plan_mounts"]
+__all__ = ["DROP", "ENTER", "MISSING_BWRAP", "STAGE_ENV", "Mounts", "bwrap_argv", "plan_mounts"]
 
 MISSING_BWRAP = ("egress exec needs bubblewrap (`bwrap`) to build the jail and found none on "
                  "PATH: apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap "
@@ -53,8 +53,13 @@ except OSError as exc:
 """
 
 # Stage 2, PID 2 of the jail, as root with only CAP_SETUID/CAP_SETGID, already under the
-# seccomp filter and no_new_privs. Tells egress exec that bwrap got this far, becomes the
-# user for good, checks, execs. A command that is not found ends it with 127.
+# seccomp filter and no_new_privs. Tells egress exec that bwrap got this far, reads the
+# command's environment, becomes the user for good, checks, execs. A command that is not
+# found ends it with 127.
+#
+# The stages and bwrap run as root with a fixed environment (STAGE_ENV): the command's, which
+# --env may fill, could otherwise bring LD_PRELOAD or LD_LIBRARY_PATH to a root process. It
+# travels on a descriptor, not in argv (argv is world-readable in /proc; it holds the token).
 DROP = r"""
 import ctypes, json, os, sys
 def fail(message, code=126):
@@ -63,6 +68,9 @@ def fail(message, code=126):
 cfg, cmd = json.loads(sys.argv[1]), sys.argv[2:]
 os.write(cfg["started"], b"1")
 os.close(cfg["started"])
+with os.fdopen(cfg["env"], "rb") as fh:
+    env = json.loads(fh.read())
+env["PWD"] = os.getcwd()
 uid, gid = cfg["uid"], cfg["gid"]
 try:
     os.setgroups([])
@@ -86,7 +94,7 @@ if (os.getresuid() != (uid,) * 3 or os.getresgid() != (gid,) * 3 or 0 in os.getr
 def find(name):  # as a shell does: PATH directories this user cannot search are skipped
     if "/" in name:
         return name
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
         path = os.path.join(directory or ".", name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
@@ -95,10 +103,12 @@ path = find(cmd[0])
 if path is None:
     fail("%s: command not found" % cmd[0], 127)
 try:
-    os.execv(path, cmd)
+    os.execve(path, cmd, env)
 except OSError as exc:
     fail("%s: %s" % (cmd[0], exc.strerror), 127 if isinstance(exc, FileNotFoundError) else 126)
 """
+
+STAGE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def test_command_sees_proxy_credentials_and_nothing_else(jail_world: JailWorld) 
     assert env == {
         "PATH": os.environ["PATH"], "TERM": "dumb", "LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC",
         "HOME": "/nonexistent", "USER": "nobody", "LOGNAME": "nobody",
-        "PWD": os.getcwd(),  # bubblewrap sets it: the command starts in the caller's directory
+        "PWD": os.getcwd(),  # the command starts in the caller's directory
         "SKILL_SETTING": "from-caller", "MODE": "fast",
         **dict.fromkeys(["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                          "all_proxy"], url),
@@ -113,6 +113,17 @@ def test_command_sees_proxy_credentials_and_nothing_else(jail_world: JailWorld) 
     assert (info["no_new_privs"], info["capabilities"]) == ("1", "0" * 16)
     assert info["interfaces"] == ["lo"]
     assert "nameserver" not in info["resolv"]
+
+
+def test_command_environment_never_reaches_the_root_stages(jail_world: JailWorld) -> None:
+    # --env may name LD_PRELOAD or LD_LIBRARY_PATH; in a process that runs as root (egress
+    # exec's stages, bwrap) that would load the user's code as root. LD_DEBUG shows which
+    # processes the dynamic loader saw the command's environment in: only the command.
+    result = jail_world.run(["/bin/true"], "--env", "LD_DEBUG=files")
+    assert result.returncode == 0, result.stderr
+    loaded_by = {line.split("needed by ")[1].split()[0] for line in result.stderr.splitlines()
+                 if "needed by " in line}
+    assert loaded_by and all(path.endswith("/true") for path in loaded_by), loaded_by
 
 
 # -- what does not ---------------------------------------------------------------------------
