@@ -5,8 +5,8 @@ short stages around it (egress/jail.py builds the network namespace and calls th
       └─ enter   python -I -S, root: parent-death signal, join the jail's network namespace,
          │       exec bwrap (nothing else of the host's changes for it)
          └─ bwrap (root, outside)  new PID, IPC and mount namespaces: private /proc and /dev,
-            │    resolver hidden; keeps CAP_SETUID/CAP_SETGID only; no_new_privs; installs
-            │    the seccomp filter (egress/syscall_filter.py) and runs, as PID 2 of the jail:
+            │    resolver hidden; keeps CAP_SETUID/SETGID/DAC_READ_SEARCH only; no_new_privs;
+            │    installs the seccomp filter (egress/syscall_filter.py) and runs, as PID 2:
             └─ drop  python -I -S, filtered: become the user for good, clear every capability,
                      check, exec COMMAND
 
@@ -52,8 +52,8 @@ except OSError as exc:
     fail("cannot run %s: %s" % (argv[0], exc.strerror))
 """
 
-# Stage 2, PID 2 of the jail, as root with only CAP_SETUID/CAP_SETGID, already under the
-# seccomp filter and no_new_privs. Tells egress exec that bwrap got this far, reads the
+# Stage 2, PID 2 of the jail, as root with only the three capabilities above, already under
+# the seccomp filter and no_new_privs. Tells egress exec that bwrap got this far, reads the
 # command's environment, becomes the user for good, checks, execs. A command that is not
 # found ends it with 127.
 #
@@ -148,7 +148,10 @@ def bwrap_argv(bwrap: str, *, mounts: Mounts, resolv_stub: str, seccomp_fd: int,
         argv += ["--tmpfs", path, "--remount-ro", path]
     for path in mounts.hidden_files:
         argv += ["--ro-bind", "/dev/null", path]
+    # `drop` needs to switch ids, and to reach its interpreter where egress is installed: a
+    # venv under a home directory only its owner may enter is common. setresuid to the user
+    # then clears all three.
     argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-             "--seccomp", str(seccomp_fd),
+             "--cap-add", "CAP_DAC_READ_SEARCH", "--seccomp", str(seccomp_fd),
              "--", python, "-I", "-S", "-c", DROP, drop_config, *command]
     return argv

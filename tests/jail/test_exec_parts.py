@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,27 @@ def test_a_jail_bubblewrap_could_not_build_says_so(jail_world: JailWorld,
     assert asyncio.run(jail.run(spec)) == 126
     assert capfd.readouterr().err == ("egress exec: bubblewrap could not build the jail "
                                       "(exit status 1)\n")
+
+
+@netns_only
+def test_egress_installed_in_a_private_home_directory(jail_world: JailWorld, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    # `sudo ~/.venv/bin/egress exec`: the interpreter sits in a directory only its owner may
+    # enter (0700), and the stage that drops privileges runs it as uid 0 without
+    # CAP_DAC_OVERRIDE. The command still runs.
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "python").symlink_to(os.path.realpath(sys.executable))
+    os.chown(home, 54321, 54321)
+    tmp_path.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(home / "python"))
+    w = jail_world
+    spec = jail.JailSpec(command=("sh", "-c", "echo ran as $(id -u)"), env={"PATH": "/usr/bin:/bin"},
+                         uid=JAILED_UID, gid=JAILED_UID, proxy=(w.proxy.host, w.proxy.port),
+                         port=w.proxy.port, resolv_conf="/dev/null")
+    assert asyncio.run(jail.run(spec)) == 0
+    assert capfd.readouterr() == (f"ran as {JAILED_UID}\n", "")
 
 
 @netns_only
