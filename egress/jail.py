@@ -1,4 +1,5 @@
-"""The `egress exec` jail: run a command in a network namespace whose only way out is egress.
+"""The `egress exec` jail: run a command whose only way out is egress, and which cannot reach
+the processes outside it.
 
     host network namespace                   │ jail network namespace (only `lo`)
                                              │
@@ -17,14 +18,26 @@ and there is nothing else to reach:
   address range that could collide with real networks, and nothing to leak: the namespace is
   anonymous and the kernel frees it when the last socket and process in it are gone, even if
   this process is SIGKILLed.
-- The command runs as an unprivileged user with no_new_privs and no supplementary groups
-  (root inside the jail could simply join the host's namespace again), in its own mount
-  namespace where /etc/resolv.conf names no server and the local resolver sockets that would
-  resolve names for it (nscd, systemd-resolved, avahi, the D-Bus system bus) are hidden.
+- A network namespace alone is not enough when a process *outside* it can be made to connect
+  for the command: a process of the same user can be ptraced and steered (issue 17). So the
+  command also gets, from bubblewrap (egress/sandbox.py): its own PID namespace (it is PID 2,
+  the child of the jail's init; no host process is visible, signalable or traceable), a
+  private /proc and /dev, its own IPC namespace (no host SysV IPC or POSIX message queues),
+  and a seccomp filter (egress/syscall_filter.py) that refuses ptrace, process_vm_*, pidfds,
+  kcmp, every namespace and mount call, keyrings, bpf, perf, userfaultfd, io_uring and
+  TIOCSTI (typing into the caller's terminal).
+- The command runs as an unprivileged user with no_new_privs, no capabilities and no
+  supplementary groups (root inside the jail could simply join the host's namespace again).
+  /etc/resolv.conf names no server and the local resolver sockets that would resolve names
+  for it (nscd, systemd-resolved, avahi, the D-Bus system bus) are hidden, as are the
+  per-user runtime directories (/run/user: session bus, systemd --user, agents) and X11's
+  sockets, whose daemons would act outside the jail on its behalf.
 
-It isolates the network only: files, processes and other Unix sockets (docker.sock,
-ssh-agent, X11) stay as visible as the chosen user's permissions allow. Put the command in
-a container too when that matters.
+Not isolated: the file system (files and Unix sockets stay as visible as the user's
+permissions allow, so a daemon of the same user listening on a socket elsewhere, such as a
+tmux server in /tmp, could still act for it; run the command as a dedicated user), the
+kernel itself, and CPU, memory and disk use. Put the command in a container too when that
+matters.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -43,7 +57,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_MASK", "JailSpec", "Namespace", "exit_status", "run", "unavailable"]
+from egress import sandbox, syscall_filter
+
+__all__ = ["DEFAULT_MASK", "JailSpec", "Namespace", "command_pid", "exit_status", "run",
+           "unavailable"]
 
 # Local sockets that resolve names (or reach a daemon that does) on behalf of a client: a
 # jailed process could ask them for DNS, and DNS queries carry data out.
@@ -54,6 +71,11 @@ DEFAULT_MASK: tuple[str, ...] = (
     "/run/avahi-daemon",
     "/run/dbus/system_bus_socket",
     "/var/run/dbus/system_bus_socket",
+    # Daemons of the same user that act on request outside the jail: the session bus and
+    # systemd --user (`systemd-run --user` starts anything), gpg/ssh agents, Wayland; X11.
+    "/run/user",
+    "/var/run/user",
+    "/tmp/.X11-unix",
 )
 
 RESOLV_CONF = (
@@ -80,16 +102,20 @@ class JailSpec:
     resolv_conf: str  # a file bind-mounted over /etc/resolv.conf inside the jail
     mask: tuple[str, ...] = DEFAULT_MASK  # paths hidden inside the jail
     grace: float = 10.0  # seconds between a forwarded SIGTERM/SIGHUP and SIGKILL
+    bwrap: str | None = None  # bubblewrap; None: `bwrap` on PATH
 
 
-def unavailable(*, platform: str, euid: int) -> str | None:
-    """Why the jail cannot be built here, or None. Pure: the caller passes the facts."""
+def unavailable(*, platform: str, euid: int, bwrap: str | None) -> str | None:
+    """Why the jail cannot be built here, or None. Pure: the caller passes the facts
+    (`bwrap`: the path of bubblewrap, or None when there is none)."""
     if not platform.startswith("linux"):
         return ("egress exec needs Linux network namespaces; on this system run skills in a "
                 "container on an internal network instead (see the README)")
     if euid != 0:
         return ("egress exec must start as root to create a network namespace (the command "
                 "itself runs as you, not as root): sudo egress exec --skill SKILL -- COMMAND")
+    if bwrap is None:
+        return sandbox.MISSING_BWRAP
     return None
 
 
@@ -167,6 +193,20 @@ def processes_in(inode: int, proc: str = "/proc") -> list[int]:
     return pids
 
 
+def command_pid(inode: int, proc: str = "/proc") -> int | None:
+    """The host PID of the jail's command: PID 2 in the jail's PID namespace (bwrap's init is
+    PID 1), among the processes in network namespace `inode`."""
+    for pid in processes_in(inode, proc):
+        try:
+            with open(f"{proc}/{pid}/status", encoding="ascii", errors="replace") as fh:
+                nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if len(nspid) > 1 and nspid[-1] == "2":
+            return pid
+    return None
+
+
 def _kill_leftovers(inode: int) -> None:
     """SIGKILL whatever the command left running in the jail (daemons, background jobs)."""
     for _ in range(5):  # a few rounds catch processes forked while we were killing
@@ -237,104 +277,77 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 
 # -- running the command -------------------------------------------------------------------
 
-# Runs as root in a fresh interpreter (`python -I -S -c`, stdlib only), between fork and the
-# command: join the jail, hide the resolver, drop to the user for good, exec. Any failure
-# before exec ends it with 126 and a message; a command that is not found, with 127.
-_CHILD = r"""
-import ctypes, json, os, signal, sys
-def fail(message, code=126):
-    os.write(2, ("egress exec: " + message + "\n").encode("utf-8", "replace"))
-    os._exit(code)
-cfg, cmd = json.loads(sys.argv[1]), sys.argv[2:]
-libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_SLAVE = 1, 2, 4, 8, 4096, 16384, 1 << 19
-def mount(source, target, fstype, flags, data):
-    if libc.mount(source, target.encode(), fstype, ctypes.c_ulong(flags), data) != 0:
-        fail("cannot hide %s inside the jail: %s" % (target, os.strerror(ctypes.get_errno())))
-def prctl(option, value):
-    if libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        fail("prctl(%d) failed: %s" % (option, os.strerror(ctypes.get_errno())))
-try:
-    os.setns(cfg["nsfd"], os.CLONE_NEWNET)
-    os.close(cfg["nsfd"])
-    os.unshare(os.CLONE_NEWNS)
-except OSError as exc:
-    fail("cannot enter the jail: %s" % exc.strerror)
-mount(None, "/", None, MS_REC | MS_SLAVE, None)  # nothing mounted here shows on the host
-if os.path.exists("/etc/resolv.conf"):
-    mount(cfg["resolv"].encode(), "/etc/resolv.conf", None, MS_BIND, None)
-seen = set()
-for path in cfg["mask"]:
-    if not os.path.exists(path) or os.path.realpath(path) in seen:
-        continue
-    seen.add(os.path.realpath(path))
-    if os.path.isdir(path):
-        mount(b"egress", path, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=555")
-    else:
-        mount(b"/dev/null", path, None, MS_BIND, None)
-prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid programs (sudo, su) cannot give root back
-try:
-    os.setgroups([])
-    os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-except OSError as exc:
-    fail("cannot switch to uid %d: %s" % (cfg["uid"], exc.strerror))
-if os.getresuid() != (cfg["uid"],) * 3 or 0 in os.getresuid():
-    fail("still privileged after switching user; refusing to run the command")
-prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after setuid, which clears it)
-if os.getppid() != cfg["parent"]:
-    os._exit(126)  # egress exec died in the meantime
-def find(name):  # as a shell does: PATH directories this user cannot search are skipped
-    if "/" in name:
-        return name
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(directory or ".", name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
-path = find(cmd[0])
-if path is None:
-    fail("%s: command not found" % cmd[0], 127)
-try:
-    os.execv(path, cmd)
-except OSError as exc:
-    fail("%s: %s" % (cmd[0], exc.strerror), 127 if isinstance(exc, FileNotFoundError) else 126)
-"""
-
-
 async def run(spec: JailSpec) -> int:
     """Run the command in a new jail; return its exit status. Nothing of the jail outlives it:
-    leftover processes are killed, and the namespace goes with its last socket and process."""
+    the PID namespace dies with its init, leftovers in the network namespace are killed, and
+    the namespace goes with its last socket and process.
+
+    Raises OSError when the jail cannot be built, SyscallFilterError without its filter."""
     if spec.uid == 0:
         raise ValueError("refusing to run a jailed command as root")
+    bwrap = spec.bwrap or shutil.which("bwrap")
+    if bwrap is None:
+        raise OSError(errno.ENOENT, sandbox.MISSING_BWRAP)
+    program = syscall_filter.compile_filter()
     namespace = Namespace.create(spec.port)
     relay = Relay(spec.proxy)
     loop = asyncio.get_running_loop()
     server: asyncio.Server | None = None
     proc: asyncio.subprocess.Process | None = None
     handled: list[signal.Signals] = []
+    forwarded: list[signal.Signals] = []
     killers: list[asyncio.TimerHandle] = []
+    fds: list[int] = []
     try:
         server = await asyncio.start_server(relay.handle, sock=namespace.listener)
-        cfg = {"nsfd": namespace.fd, "uid": spec.uid, "gid": spec.gid, "parent": os.getpid(),
-               "resolv": spec.resolv_conf, "mask": list(spec.mask)}
+        seccomp_fd = os.memfd_create("egress-seccomp", os.MFD_CLOEXEC)
+        fds.append(seccomp_fd)
+        _write_all(seccomp_fd, program)
+        env_fd = os.memfd_create("egress-env", os.MFD_CLOEXEC)
+        fds.append(env_fd)
+        _write_all(env_fd, json.dumps(dict(spec.env)).encode())
+        started_r, started_w = os.pipe()
+        fds += [started_r, started_w]
+        drop = {"uid": spec.uid, "gid": spec.gid, "started": started_w, "env": env_fd}
+        argv = sandbox.bwrap_argv(
+            bwrap, mounts=sandbox.plan_mounts(spec.mask), resolv_stub=spec.resolv_conf,
+            seccomp_fd=seccomp_fd, python=sys.executable, command=spec.command,
+            drop_config=json.dumps(drop))
+        enter = {"nsfd": namespace.fd, "parent": os.getpid()}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", "-c", _CHILD, json.dumps(cfg), *spec.command,
-            env=dict(spec.env), pass_fds=(namespace.fd,),
+            sys.executable, "-I", "-S", "-c", sandbox.ENTER, json.dumps(enter), *argv,
+            env=sandbox.STAGE_ENV, pass_fds=(namespace.fd, seccomp_fd, started_w, env_fd),
         )
+        os.close(started_w)
+        fds.remove(started_w)
         child = proc
 
         def forward(sig: signal.Signals) -> None:
             if child.returncode is None:
+                forwarded.append(sig)
+                target = command_pid(namespace.inode)
                 with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(sig)
+                    if target is not None:
+                        os.kill(target, sig)
+                    else:  # not started yet, or gone: end the jail
+                        child.send_signal(sig)
                 if sig != signal.SIGINT:  # Ctrl-C in an interactive command must not kill it
                     killers.append(loop.call_later(spec.grace, _kill, child))
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, forward, sig)
             handled.append(sig)
-        return exit_status(await proc.wait())
+        status = exit_status(await proc.wait())
+        os.set_blocking(started_r, False)
+        try:
+            started = os.read(started_r, 1) == b"1"
+        except BlockingIOError:
+            started = False
+        if not started and not forwarded and status != 126:  # bwrap said why on stderr
+            print(f"egress exec: bubblewrap could not build the jail (exit status {status})",
+                  file=sys.stderr)
+            return 126
+        return status
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
@@ -349,6 +362,17 @@ async def run(spec: JailSpec) -> int:
             server.close()
         relay.close_all()
         namespace.close()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Fill a fresh memfd and rewind it for the reader."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

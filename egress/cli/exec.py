@@ -1,10 +1,12 @@
 """`egress exec --skill SKILL -- COMMAND`: run a command whose only way out is egress.
 
 The command runs in a network namespace that holds nothing but a loopback interface and a
-relay to egress (egress/jail.py explains why it is built that way), with the skill's proxy
-credentials in HTTP_PROXY/HTTPS_PROXY/ALL_PROXY and a CA bundle that trusts egress for hosts
-it intercepts. Clients that honour the proxy variables work unchanged; everything else
-(direct connections, raw sockets, DNS, IPv6) finds no route.
+relay to egress, in its own PID namespace under a syscall filter (egress/jail.py explains
+why it is built that way), with the skill's proxy credentials in HTTP_PROXY/HTTPS_PROXY/
+ALL_PROXY and a CA bundle that trusts egress for hosts it intercepts. Clients that honour the
+proxy variables work unchanged; everything else (direct connections, raw sockets, DNS, IPv6,
+processes outside the jail) finds no route. Its environment is minimal (jail_environment):
+nothing of the caller's reaches it unless --env names it.
 
 Needs Linux and root to build the namespace; the command itself runs as the user who ran
 sudo (or --user), never as root.
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -27,24 +30,35 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from egress import jail
+from egress import jail, syscall_filter
 from egress.cli.ca import ensure_ca
 from egress.cli.common import add_data_dir, data_dir
 from egress.cli.serve import parse_hostport
 from egress.errors import ConfigError
 
-__all__ = ["Account", "PROXY_VARS", "CA_VARS", "jail_environment", "resolve_account", "run"]
+__all__ = ["CA_VARS", "KEPT_VARS", "PROXY_VARS", "Account", "jail_environment", "parse_env",
+           "resolve_account", "run"]
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
-# Other tools' CA-file variables: when one is already set, it is pointed at the bundle too,
-# so no tool keeps trusting a file without egress's CA.
+# Other tools' CA-file variables, pointed at the bundle too, so git, pip, the AWS and Google
+# Cloud CLIs, Deno, gRPC and Nix trust egress's CA for intercepted hosts.
 EXTRA_CA_VARS = ("GIT_SSL_CAINFO", "AWS_CA_BUNDLE", "PIP_CERT", "HTTPLIB2_CA_CERTS", "DENO_CERT",
                  "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "NIX_SSL_CERT_FILE",
                  "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE")
-# Removed from the command's environment: proxy exceptions (nothing bypasses egress) and the
-# token variable (the proxy URLs already carry the skill's credentials).
-DROPPED_VARS = ("NO_PROXY", "no_proxy", "EGRESS_TOKEN")
+# The only variables of the caller's environment the command gets without --env: where to
+# find programs and how to talk to the terminal. Locale categories (LC_CTYPE, LC_ALL, ...)
+# match LOCALE_VAR. Everything else (API keys, cloud credentials, SSH_AUTH_SOCK,
+# LD_PRELOAD, ...) stays out unless --env names it.
+KEPT_VARS = ("PATH", "TERM", "LANG", "LANGUAGE", "TZ")
+LOCALE_VAR = re.compile(r"LC_[A-Z]+")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Names --env may not set: egress exec sets the proxy and CA variables itself; proxy
+# exceptions would let a client try to go around egress; the proxy URLs already carry the
+# skill's token.
+RESERVED_VARS = frozenset({*PROXY_VARS, *CA_VARS, *EXTRA_CA_VARS, "NO_PROXY", "no_proxy",
+                           "EGRESS_TOKEN"})
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _EXIT_UNAVAILABLE = 126  # like a shell's "found but cannot execute"
 WORKDIR_PREFIX = "egress-exec-"
@@ -78,6 +92,12 @@ def register(sub: Any) -> None:
                    help="check first that the skill has a policy in DIR")
     p.add_argument("--user", metavar="USER",
                    help="run COMMAND as USER (name or uid; default: the user who ran sudo)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="give COMMAND this variable too (repeatable): NAME copies it from this "
+                        "environment (under sudo: sudo --preserve-env=NAME), NAME=VALUE sets it "
+                        "(visible to other users in `ps`; prefer NAME for secrets). Without "
+                        "--env the command gets only PATH, TERM, LANG, LANGUAGE, LC_*, TZ, "
+                        "HOME, USER, LOGNAME and egress's proxy and CA variables")
     add_data_dir(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -90,18 +110,40 @@ def proxy_url(skill: str, token: str, port: int) -> str:
 
 
 def jail_environment(base: Mapping[str, str], *, proxy: str, ca_bundle: str,
-                     account: Account) -> dict[str, str]:
-    """The command's environment: `base` with egress's proxy and CA settings and the user's
-    identity; proxy exceptions and the token variable removed."""
-    env = {k: v for k, v in base.items() if k not in DROPPED_VARS}
-    env.update(dict.fromkeys(PROXY_VARS, proxy))
-    env.update(dict.fromkeys(CA_VARS, ca_bundle))
-    env.update(dict.fromkeys((k for k in EXTRA_CA_VARS if k in env), ca_bundle))
+                     account: Account, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The command's whole environment: the few KEPT_VARS and LC_* of `base`, the user's
+    identity, egress's proxy and CA settings, and `extra` (from --env, see parse_env)."""
+    env = {k: v for k, v in base.items() if k in KEPT_VARS or LOCALE_VAR.fullmatch(k)}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOME"] = account.home or "/"
     if account.name is not None:
         env.update(USER=account.name, LOGNAME=account.name)
-    if account.home is not None:
-        env["HOME"] = account.home
+    env.update(extra or {})
+    env.update(dict.fromkeys(PROXY_VARS, proxy))
+    env.update(dict.fromkeys((*CA_VARS, *EXTRA_CA_VARS), ca_bundle))
     return env
+
+
+def parse_env(values: list[str], base: Mapping[str, str]) -> dict[str, str]:
+    """--env NAME (copied from `base`) and --env NAME=VALUE, checked."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, given = value.partition("=")
+        if not ENV_NAME.fullmatch(name):
+            raise ConfigError(f"--env {value!r}: {name!r} is not a variable name (letters, "
+                              f"digits and _, not starting with a digit)")
+        if name in RESERVED_VARS:
+            raise ConfigError(f"--env {name}: egress exec sets the proxy and CA variables "
+                              f"itself, and nothing may name proxy exceptions or the token")
+        if sep:
+            out[name] = given
+        elif name in base:
+            out[name] = base[name]
+        else:
+            raise ConfigError(f"--env {name}: not set in egress exec's environment (sudo "
+                              f"drops most variables: sudo --preserve-env={name} egress exec "
+                              f"..., or --env {name}=VALUE)")
+    return out
 
 
 def resolve_account(user: str | None, environ: Mapping[str, str]) -> Account:
@@ -142,7 +184,9 @@ def ca_bundle(system_pem: str, egress_pem: str) -> str:
 # -- the command -----------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    why = jail.unavailable(platform=sys.platform, euid=os.geteuid())
+    bwrap = shutil.which("bwrap")
+    why = (jail.unavailable(platform=sys.platform, euid=os.geteuid(), bwrap=bwrap)
+           or syscall_filter.unavailable())
     if why is not None:
         print(why, file=sys.stderr)
         return _EXIT_UNAVAILABLE
@@ -152,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         raise ConfigError("no COMMAND given: egress exec --skill SKILL -- COMMAND")
     token = _token(args)
+    extra = parse_env(args.env, os.environ)
     account = resolve_account(args.user, os.environ)
     if args.policies is not None:
         _check_skill(args.skill, args.policies)
@@ -170,14 +215,14 @@ def run(args: argparse.Namespace) -> int:
                         ca_bundle(_system_cas(), egress_ca.read_text(encoding="ascii")))
         resolv = _write(workdir / "resolv.conf", jail.RESOLV_CONF)
         env = jail_environment(os.environ, proxy=proxy_url(args.skill, token, port),
-                               ca_bundle=str(bundle), account=account)
+                               ca_bundle=str(bundle), account=account, extra=extra)
         spec = jail.JailSpec(command=tuple(command), env=env, uid=account.uid, gid=account.gid,
-                             proxy=(host, port), port=port, resolv_conf=str(resolv))
+                             proxy=(host, port), port=port, resolv_conf=str(resolv), bwrap=bwrap)
         try:
             return asyncio.run(jail.run(spec))
-        except OSError as exc:
-            print(f"egress exec: cannot build the jail: {exc.strerror or exc}",
-                  file=sys.stderr)
+        except (OSError, syscall_filter.SyscallFilterError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            print(f"egress exec: cannot build the jail: {reason}", file=sys.stderr)
             return _EXIT_UNAVAILABLE
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,7 +5,7 @@ egress, and a directory the jailed user (nobody) can read.
         │ veth (created by the test, 10.200.X.0/30 + a ULA /64)
     internet namespace: plain HTTP on v4 and v6, HTTPS on v4
 
-Needs root and `ip`; every test here is skipped with the reason otherwise.
+Needs root, `ip`, `bwrap` and libseccomp; every test here is skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from egress import syscall_filter
 from tests.conftest import TestCA, write_policy
 from tests.dnsserver import DnsServer
 from tests.jail.netns import IP, CountingServer, Internet, existing, internet_namespace, listening_socket
@@ -36,7 +37,9 @@ JAILED_UID = 65534
 SKIP_REASON = (
     "needs root (network namespaces)" if os.geteuid() != 0 else
     "needs `ip` from iproute2 (apt-get install iproute2)" if IP is None else
-    "needs Linux" if not sys.platform.startswith("linux") else None
+    "needs Linux" if not sys.platform.startswith("linux") else
+    "needs `bwrap` (apt-get install bubblewrap)" if shutil.which("bwrap") is None else
+    syscall_filter.unavailable()
 )
 needs_netns = [pytest.mark.netns, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
 
@@ -87,18 +90,19 @@ class JailWorld:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUDO_")}
         return {**env, "EGRESS_TOKEN": self.proxy.tokens["jailed"], **extra}
 
-    def run(self, command: list[str], *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(self, command: list[str], *extra: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(command, *extra), capture_output=True, text=True,
-                              timeout=timeout, env=self.env())
+                              timeout=timeout, env=self.env(**(env or {})))
 
     def probe_argv(self, **action: Any) -> list[str]:
         if self.python is None:
             pytest.skip("no Python interpreter the jailed user can run")
         return [self.python, str(self.public / "probe.py"), json.dumps(action)]
 
-    def probe(self, **action: Any) -> dict[str, Any]:
-        """Run probe.py inside egress exec; its JSON answer."""
-        result = self.run(self.probe_argv(**action))
+    def probe(self, *extra: str, env: dict[str, str] | None = None, **action: Any) -> dict[str, Any]:
+        """Run probe.py inside egress exec (`extra`: more egress exec options); its JSON answer."""
+        result = self.run(self.probe_argv(**action), *extra, env=env)
         assert result.returncode == 0, result.stderr
         answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
         return answer

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from egress.jail import processes_in
+from egress.jail import command_pid, processes_in
 from tests.jail.conftest import JAILED_UID, JailWorld, needs_netns
 from tests.jail.netns import snapshot
 
@@ -87,21 +87,43 @@ def test_denied_https_tunnel_is_refused_at_connect(jail_world: JailWorld) -> Non
 
 def test_command_sees_proxy_credentials_and_nothing_else(jail_world: JailWorld) -> None:
     w = jail_world
-    info = w.probe(op="info")
+    caller = {"OPERATOR_API_KEY": "sk-operator-secret", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+              "NO_PROXY": "*", "LD_PRELOAD": "", "SSH_AUTH_SOCK": "/tmp/agent", "LANG": "C.UTF-8",
+              "LC_TIME": "C", "TERM": "dumb", "TZ": "UTC", "SKILL_SETTING": "from-caller"}
+    info = w.probe("--env", "SKILL_SETTING", "--env", "MODE=fast", op="info", env=caller)
     url = f"http://jailed:{w.proxy.tokens['jailed']}@127.0.0.1:{w.proxy.port}"
     env = info["env"]
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        assert env[name] == url, name
-    assert "NO_PROXY" not in env and "no_proxy" not in env and "EGRESS_TOKEN" not in env
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
-        assert env[name] == env["SSL_CERT_FILE"], name
+    bundle = env["SSL_CERT_FILE"]
+    assert env == {
+        "PATH": os.environ["PATH"], "TERM": "dumb", "LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC",
+        "HOME": "/nonexistent", "USER": "nobody", "LOGNAME": "nobody",
+        "PWD": os.getcwd(),  # the command starts in the caller's directory
+        "SKILL_SETTING": "from-caller", "MODE": "fast",
+        **dict.fromkeys(["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                         "all_proxy"], url),
+        **dict.fromkeys(["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                         "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE", "PIP_CERT",
+                         "HTTPLIB2_CA_CERTS", "DENO_CERT", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+                         "NIX_SSL_CERT_FILE", "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE"], bundle),
+    }
     egress_ca = (w.proxy.data_dir / "ca" / "mitmproxy-ca-cert.pem").read_text().strip()
     assert egress_ca in info["bundle"]
     assert info["bundle"].count("BEGIN CERTIFICATE") > 1  # the system's CAs too
     assert (info["uid"], info["gid"], info["groups"]) == (JAILED_UID, JAILED_UID, [])
-    assert (env["USER"], info["no_new_privs"], info["capabilities"]) == ("nobody", "1", "0" * 16)
+    assert (info["no_new_privs"], info["capabilities"]) == ("1", "0" * 16)
     assert info["interfaces"] == ["lo"]
     assert "nameserver" not in info["resolv"]
+
+
+def test_command_environment_never_reaches_the_root_stages(jail_world: JailWorld) -> None:
+    # --env may name LD_PRELOAD or LD_LIBRARY_PATH; in a process that runs as root (egress
+    # exec's stages, bwrap) that would load the user's code as root. LD_DEBUG shows which
+    # processes the dynamic loader saw the command's environment in: only the command.
+    result = jail_world.run(["/bin/true"], "--env", "LD_DEBUG=files")
+    assert result.returncode == 0, result.stderr
+    loaded_by = {line.split("needed by ")[1].split()[0] for line in result.stderr.splitlines()
+                 if "needed by " in line}
+    assert loaded_by and all(path.endswith("/true") for path in loaded_by), loaded_by
 
 
 # -- what does not ---------------------------------------------------------------------------
@@ -158,6 +180,10 @@ def test_host_loopback_services_and_egress_admin_are_out_of_reach(jail_world: Ja
     # Through the proxy it is refused too: egress never dials its own or loopback addresses.
     via_proxy = w.probe(op="http", url=f"http://127.0.0.1:{w.admin_port}/healthz")
     assert via_proxy["status"] == 403
+    record = w.proxy.audit_for(via_proxy["body"]["request_id"])
+    assert (record["decision"], record["skill"], record["host"], record["port"]) == (
+        "deny", "jailed", "127.0.0.1", w.admin_port)
+    assert record["reason"] == via_proxy["body"]["reason"]
 
 
 # -- exit codes and cleanup ------------------------------------------------------------------
@@ -174,17 +200,25 @@ def test_exit_code_is_the_commands(jail_world: JailWorld, command: list[str], co
     assert (result.returncode, result.stderr) == (code, stderr)
 
 
+def jail_gone(inode: int, seconds: float = 10) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if not processes_in(inode):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_nothing_is_left_after_the_command_ends(jail_world: JailWorld) -> None:
     w = jail_world
     before = snapshot()
+    # A background job, and one that left its session and process group (a daemon).
     result = w.run(["sh", "-c", f"{w.probe_argv(op='info')[0]} {w.public}/probe.py "
-                    "'{\"op\": \"info\"}'; sleep 300 & echo bg=$!"])
+                    "'{\"op\": \"info\"}'; sleep 300 & setsid sleep 301 & echo bg=$!"])
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     inode = int(json.loads(lines[0])["netns"].split("[")[1].rstrip("]"))
-    background = int(lines[-1].removeprefix("bg="))
-    assert wait_gone(background), "a background process outlived egress exec"
-    assert processes_in(inode) == []
+    assert lines[-1].startswith("bg=")
+    assert jail_gone(inode), "a background process outlived egress exec"
     assert snapshot() == before
 
 
@@ -200,8 +234,10 @@ def _start(world: JailWorld) -> tuple[subprocess.Popen[str], dict[str, Any]]:
             proc.wait(10)
             raise AssertionError("the jailed command did not start")
     first = json.loads(proc.stdout.readline())
-    return proc, {"pid": first["pid"], "inode": int(first["netns"].split("[")[1].rstrip("]")),
-                  "workdir": Path(first["bundle"]).parent}
+    inode = int(first["netns"].split("[")[1].rstrip("]"))
+    host_pid = command_pid(inode)  # the probe sees itself as PID 2 of the jail
+    assert first["pid"] == 2 and host_pid is not None
+    return proc, {"pid": host_pid, "inode": inode, "workdir": Path(first["bundle"]).parent}
 
 
 @pytest.mark.parametrize("how, code", [
@@ -218,7 +254,7 @@ def test_every_exit_path_cleans_up(jail_world: JailWorld, how: str, code: int) -
         os.kill(child["pid"] if how.endswith("command") else proc.pid, sig)
         assert proc.wait(30) == code
         assert wait_gone(child["pid"]), "the jailed command outlived egress exec"
-        assert processes_in(child["inode"]) == []
+        assert jail_gone(child["inode"]), "a process of the jail outlived egress exec"
         assert snapshot() == before
         if code == -9:  # no cleanup can run in a SIGKILLed process: the next run does it
             assert jail_world.run(["true"]).returncode == 0
@@ -241,3 +277,23 @@ def _fill(world: JailWorld, action: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def test_sigterm_reaches_the_command_itself(jail_world: JailWorld) -> None:
+    # The command, not only bwrap: it can clean up (here: its trap runs and picks the status).
+    script = 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.05; done'
+    proc = subprocess.Popen(jail_world.exec_argv(["sh", "-c", script]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=jail_world.env())
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(timeout=30), "the jailed command did not start"
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 3
+        assert proc.stdout.read() == "got-term\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
