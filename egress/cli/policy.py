@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress.audit_query import Query, audit_files, parse_time, read_all
+from egress.audit_query import Query, audit_files, parse_time, read_all, weight
 from egress.cli.common import add_data_dir, data_dir
 from egress.errors import ConfigError
 from egress.netguard import parse_ip_literal
@@ -106,10 +106,10 @@ def observed(records: Iterable[dict[str, Any]]) -> dict[str, Seen]:
             continue
         entry = out.setdefault(pattern.host, Seen(pattern.host, hosts={pattern.host}))
         entry.ports.add(port)
-        entry.count += 1
-        ts = str(r.get("ts", ""))
-        entry.first = min(entry.first, ts) if entry.first else ts
-        entry.last = max(entry.last, ts)
+        count, first, last = weight(r)  # a summary of folded denials counts as many
+        entry.count += count
+        entry.first = min(entry.first, first) if entry.first else first
+        entry.last = max(entry.last, last)
     return out
 
 
