@@ -15,6 +15,7 @@ costs no lookup and no upstream connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -46,7 +47,7 @@ from egress.protocol_audit import ProtocolErrorAudit
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
 from egress.responses import refusal
-from egress.runtime import Runtime, default_data_dir
+from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
 from egress.tunnels import Tunnel, passthrough_layer, sni_matches
@@ -70,6 +71,7 @@ class EgressAddon:
         )
         self._brokerage = Brokerage()
         self._protocol_audit: ProtocolErrorAudit | None = None
+        self._audit_flusher: asyncio.Task[None] | None = None
         # Secrets injected into a flow, kept to redact echoes in its response headers.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Secret] = (
             weakref.WeakKeyDictionary()
@@ -136,11 +138,19 @@ class EgressAddon:
             self._protocol_audit = ProtocolErrorAudit(lambda r: runtime.record(r),
                                                       lambda: runtime.policy.digest)
             self._protocol_audit.install()
+        if self._audit_flusher is None:  # summaries of folded denials, on their interval
+            self._audit_flusher = asyncio.get_running_loop().create_task(
+                flush_audit_periodically(lambda: self.runtime))
 
     def done(self) -> None:
         if self._protocol_audit is not None:
             self._protocol_audit.uninstall()
             self._protocol_audit = None
+        if self._audit_flusher is not None:
+            self._audit_flusher.cancel()
+            self._audit_flusher = None
+        if self.runtime is not None:
+            self.runtime.flush_audit(final=True)
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -459,6 +469,11 @@ class EgressAddon:
                         policy_source=str(rule.source) if rule is not None else None)
         flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
         self.metrics.decision("deny", reason, skill, dest.host)
+        if skill is not None and reason is not Reason.RATE_LIMITED \
+                and not flow.metadata.get("egress_counted"):
+            # Denials count toward the skill's rate limit (a flood ends up rate-limited).
+            policy = self.runtime.policy.skills.get(skill)
+            self.limiter.charge(skill, policy.limits if policy is not None else None)
         self.runtime.record(audit_record(self.runtime.policy.digest, flow, "deny", reason, skill,
                                          dest, kind, rid, decision, detail=detail))
 
@@ -483,6 +498,8 @@ class EgressAddon:
             flow.client_conn.id, skill, policy.limits if policy else None,
             rule.label if rule is not None else None, rule.limits if rule is not None else None,
             enforce=not report)
+        if exceeded is None or report:
+            flow.metadata["egress_counted"] = True  # a later refusal must not count it twice
         if exceeded is None:
             return decision
         if report:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AUDIT_FILE", "SCHEMA_VERSION", "AuditRecord", "AuditWriter", "Rotation", "new_request_id",
-           "read_records", "parse_record"]
+           "read_records", "parse_record", "timestamp"]
 
 AUDIT_FILE = "audit.jsonl"
 SCHEMA_VERSION = 1
@@ -34,7 +34,8 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Now, as an audit line's `ts`: RFC 3339 UTC with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -61,7 +62,7 @@ class AuditRecord:
     first_seen: str | None = None
     last_seen: str | None = None
     id: str = field(default_factory=new_request_id)
-    ts: str = field(default_factory=_now)
+    ts: str = field(default_factory=timestamp)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"v": SCHEMA_VERSION}
