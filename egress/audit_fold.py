@@ -19,8 +19,9 @@ interval (`settings.audit.budget_interval`, default 1m):
    paths) has the rest folded by skill, decision, reason and kind alone: `host: "*"`, `port: 0`,
    and a few sample destinations in `detail`.
 
-So a skill can write at most `budget + budget_distinct` full lines plus `budget_distinct + 1`
-summaries per reason and kind per interval (with the defaults ~170 lines, ~60 KiB a minute),
+So a skill can make egress write at most `budget + budget_distinct` full lines and as many
+summaries, plus one coarse summary per reason and kind, per interval (with the defaults at
+most ~330 lines, ~110 KiB, a minute; a flood of one repeated denial: ~62 lines),
 whatever it sends, and every distinct denial up to that cap is kept verbatim. Allowed lines
 (`log_allowed`) are not budgeted. A crash loses the counts of the current interval (at most
 `budget_interval` of them), never a line already written. Pure: the caller writes what it
