@@ -9,6 +9,8 @@ costs no lookup and no upstream connection.
     TLS ClientHello    next_layer       SNI == CONNECT host: raw passthrough (fast path)
                        tls_clienthello  same check otherwise; intercept if a rule looks inside
     request in tunnel  requestheaders   Host == CONNECT host, method/path, credential step
+    response           responseheaders  stream; redact the key where egress injected one
+    WebSocket message  websocket_message  redact the key in upstream messages
     GET http://h/p     requestheaders   auth, Host == URI, decide, credential step, vet, pin
     upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
 """
@@ -26,6 +28,12 @@ from mitmproxy.proxy import layer, server_hooks
 
 from egress import header_limit
 from egress.audit import AuditRecord, new_request_id
+from egress.body_guard import (
+    redact_message,
+    request_scanner,
+    response_redactor,
+    unreadable_encoding,
+)
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
@@ -276,25 +284,74 @@ class EgressAddon:
         if vetted is None:
             return
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
-        flow.request.stream = True  # bodies are never inspected: stream, constant memory
+        flow.request.stream = self._request_stream(flow, skill, dest, decision)  # type: ignore[assignment]
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
             if flow.response is None:
                 return
-            secret = self._injected.pop(flow, None)
+            # Stream every response (SSE arrives event by event); one to a request that
+            # carried a key streams through the redactor (egress/body_guard.py).
+            flow.response.stream = True
+            secret = self._injected.get(flow)
             if secret is not None:
                 fields = [(k, v) for k, v in flow.response.headers.items(multi=True)]
                 cleaned = redact(fields, secret.reveal())
                 if cleaned is not None:
                     flow.response.headers = http.Headers(
                         [(k.encode(), v.encode()) for k, v in cleaned])
-            # egress never reads bodies: stream every response (SSE arrives event by event).
-            flow.response.stream = True
+                encoding = unreadable_encoding(flow.response, flow.request.method)
+                if encoding is not None:
+                    self._refuse_midway(flow, Reason.RESPONSE_UNREADABLE,
+                                        f"response Content-Encoding {encoding!r}")
+                    flow.kill()
+                    return
+                flow.response.stream = response_redactor(secret.reveal())
         except Exception:
             log.exception("egress: error handling response headers; dropping the response")
             flow.kill()
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Redact the key in messages from an upstream egress gave it to (an echo)."""
+        secret = self._injected.get(flow)
+        if secret is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            cleaned = redact_message(message.content, secret.reveal())
+            if cleaned is not None:
+                message.content = cleaned
+
+    def _refuse_midway(self, flow: http.HTTPFlow, reason: Reason, detail: str) -> None:
+        """Audit a flow refused after it started (a body, a response): there is no reply to
+        send any more; the caller kills or aborts it."""
+        assert self.runtime is not None
+        tunnel = self._tunnels.get(flow.client_conn)
+        skill = tunnel.skill if tunnel is not None else self._skills.get(flow.client_conn)
+        dest = (Destination(tunnel.host, tunnel.port) if tunnel is not None
+                else requested_destination(flow))
+        self.metrics.decision("deny", reason, skill, dest.host)
+        self.runtime.record(audit_record(
+            self.runtime.policy.digest, flow, "deny", reason, skill, dest, "http",
+            new_request_id(), None, detail=detail,
+            credential=flow.metadata.get("egress_credential")))
+
+    def _request_stream(self, flow: http.HTTPFlow, skill: str, dest: Destination,
+                        decision: Decision) -> object:
+        """`flow.request.stream`: True, or a scanner when the skill holds credentials not bound
+        to this destination (the body must not carry them; egress/body_guard.py)."""
+        assert self.runtime is not None
+        policy = self.runtime.policy.skills.get(skill)
+        if policy is None or not policy.credentials:
+            return True
+        wanted = decision.rule.credential if decision.rule is not None else None
+        needles = self._brokerage.unbound(policy, dest, wanted)
+        if not needles:
+            return True
+        return request_scanner(flow, needles, lambda name: self._refuse_midway(
+            flow, Reason.CREDENTIAL_EXFILTRATION,
+            f"request body carries credential {name}, bound to other hosts; upstream aborted"))
 
     def _on_server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
@@ -353,7 +410,7 @@ class EgressAddon:
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
         if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
             return None
-        flow.request.stream = True
+        flow.request.stream = self._request_stream(flow, tunnel.skill, dest, decision)  # type: ignore[assignment]
         if flow.metadata.get("egress_credential") is None:
             self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
         else:
