@@ -103,37 +103,61 @@ def _held(buf: bytes, needles: Iterable[bytes]) -> int:
     return best
 
 
-class BodyScanner:
+class _Window:
+    """What both streaming classes keep: bytes held back (`_pending`, original) and the tail
+    of what was already released (`_tail`, original, at most the longest needle minus one).
+
+    mitmproxy marks the end of a body with an empty chunk, but an HTTP/2 peer can also send an
+    empty DATA frame mid-body, which arrives the same way. So `finish` releases what was held
+    (it may be the end), and the tail keeps a needle that resumes afterwards findable.
+    """
+
+    def __init__(self, needles: Iterable[bytes]) -> None:
+        self._needles = sorted({n for n in needles if n}, key=len, reverse=True)
+        self._keep_tail = max((len(n) for n in self._needles), default=1) - 1
+        self._pending = b""
+        self._tail = b""
+
+    def _release(self, original: bytes) -> None:
+        if self._keep_tail:
+            self._tail = (self._tail + original)[-self._keep_tail:]
+
+
+class BodyScanner(_Window):
     """Which credential a streamed body carries, without ever releasing the chunk that holds it.
 
     `needles` maps a credential name to the byte strings it may appear as. `feed` returns the
     bytes that are safe to forward now; once a needle was seen, `found` names its credential and
-    nothing more is released.
+    nothing more is released (the caller aborts the stream: after an empty mid-body chunk, the
+    bytes before it were released, so what the peer got is at most a needle's proper prefix).
     """
 
     def __init__(self, needles: Mapping[str, Iterable[bytes]]) -> None:
-        self._needles = [(name, n) for name, ns in needles.items() for n in ns if n]
-        self._all = [n for _, n in self._needles]
-        self._pending = b""
+        named = [(name, n) for name, ns in needles.items() for n in ns if n]
+        super().__init__(n for _, n in named)
+        self._named = named
         self.found: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if self.found is not None:
             return b""
         buf = self._pending + chunk
-        for name, needle in self._needles:
-            if needle in buf:
+        window = self._tail + buf
+        for name, needle in self._named:
+            if needle in window:
                 self.found, self._pending = name, b""
                 return b""
-        keep = _held(buf, self._all)
-        self._pending = buf[len(buf) - keep:] if keep else b""
-        return buf[: len(buf) - keep]
+        keep = _held(buf, self._needles)
+        out, self._pending = buf[: len(buf) - keep], buf[len(buf) - keep:]
+        self._release(out)
+        return out
 
     def finish(self) -> bytes:
-        """The end of the body: what was held back (it completed no needle)."""
+        """The end of the body (or an empty chunk): release what was held back."""
         if self.found is not None:
             return b""
         out, self._pending = self._pending, b""
+        self._release(out)
         return out
 
 
@@ -143,28 +167,47 @@ def redaction_for(needle: bytes) -> bytes:
     return (marker + b"*" * len(needle))[: len(needle)]
 
 
-class BodyRedactor:
+_MASK_AT_END = 4  # a held-back tail this long is masked when released by an empty chunk
+
+
+class BodyRedactor(_Window):
     """Replaces every needle in a streamed body with a same-length marker."""
 
     def __init__(self, needles: Iterable[bytes]) -> None:
-        # Longest first: a longer form (a JSON-escaped one) wins over a shorter one inside it.
-        self._needles = sorted({n for n in needles if n}, key=len, reverse=True)
-        self._pending = b""
+        super().__init__(needles)
         self.redacted = 0  # occurrences replaced so far
 
-    def _replace(self, buf: bytes) -> bytes:
+    def _mask(self, window: bytes, start: int) -> bytes:
+        """window[start:] with every needle occurrence that reaches into it masked."""
+        out = bytearray(window[start:])
         for needle in self._needles:
-            if needle in buf:
-                self.redacted += buf.count(needle)
-                buf = buf.replace(needle, redaction_for(needle))
-        return buf
+            marker = redaction_for(needle)
+            pos = window.find(needle)
+            while pos != -1:
+                end = pos + len(needle)
+                if end > start:
+                    lo = max(pos, start)
+                    out[lo - start:end - start] = marker[lo - pos:]
+                    self.redacted += 1
+                pos = window.find(needle, end)
+        return bytes(out)
 
     def feed(self, chunk: bytes) -> bytes:
-        buf = self._replace(self._pending + chunk)
+        buf = self._pending + chunk
+        masked = self._mask(self._tail + buf, len(self._tail))
         keep = _held(buf, self._needles)
-        self._pending = buf[len(buf) - keep:] if keep else b""
-        return buf[: len(buf) - keep]
+        self._pending = buf[len(buf) - keep:]
+        self._release(buf[: len(buf) - keep])
+        return masked[: len(masked) - keep]
 
     def finish(self) -> bytes:
-        out, self._pending = self._pending, b""
-        return out
+        """The end of the body (or an empty chunk): release what was held back. A held tail of
+        4 bytes or more (a needle's start) is masked: if more of the body follows after all,
+        the tail still finds and masks the rest of the needle, so at most 3 bytes of it pass."""
+        held, self._pending = self._pending, b""
+        self._release(held)
+        if len(held) < _MASK_AT_END:
+            return held
+        needle = next(n for n in self._needles if n.startswith(held))
+        self.redacted += 1
+        return redaction_for(needle)[: len(held)]

@@ -149,3 +149,29 @@ def test_redactor_leaves_sse_alone_and_live() -> None:
 ])
 def test_redaction_keeps_the_length(needle: bytes, replacement: bytes) -> None:
     assert redaction_for(needle) == replacement
+
+
+# An HTTP/2 peer can send an empty DATA frame mid-body; mitmproxy hands it to the stream
+# callable as b"", exactly like the end of the body. The classes must stay safe either way.
+
+def test_scanner_catches_a_needle_resumed_after_an_empty_chunk() -> None:
+    scanner = BodyScanner({"ph": encoded_forms(PH)})
+    released = scanner.feed(b"lead " + PH.encode()[:10]) + scanner.finish()  # "end" ... or not
+    assert released == b"lead " + PH.encode()[:10] and scanner.found is None
+    assert scanner.feed(PH.encode()[10:] + b" more") == b""  # the rest is never released
+    assert scanner.found == "ph"
+
+
+def test_redactor_masks_a_needle_split_by_an_empty_chunk() -> None:
+    redactor = BodyRedactor(echo_forms(KEY))
+    first = redactor.feed(b"x " + KEY.encode()[:12]) + redactor.finish()
+    rest = redactor.feed(KEY.encode()[12:] + b" y") + redactor.finish()
+    out = first + rest
+    assert len(out) == len(KEY) + 4
+    assert out == b"x " + redaction_for(KEY.encode()) + b" y"
+
+
+def test_redactor_releases_a_short_tail_at_the_end_unmasked() -> None:
+    redactor = BodyRedactor(echo_forms(KEY))
+    body = b"ends with " + KEY.encode()[:3]
+    assert redactor.feed(body) + redactor.finish() == body
