@@ -303,8 +303,11 @@ class EgressAddon:
                         [(k.encode(), v.encode()) for k, v in cleaned])
                 encoding = unreadable_encoding(flow.response, flow.request.method)
                 if encoding is not None:
-                    self._refuse_midway(flow, Reason.RESPONSE_UNREADABLE,
-                                        f"response Content-Encoding {encoding!r}")
+                    tunnel = self._tunnels.get(flow.client_conn)  # keys only go into tunnels
+                    self._refuse_midway(
+                        flow, Reason.RESPONSE_UNREADABLE, f"response Content-Encoding {encoding!r}",
+                        tunnel.skill if tunnel else None,
+                        Destination(tunnel.host, tunnel.port) if tunnel else requested_destination(flow))
                     flow.kill()
                     return
                 flow.response.stream = response_redactor(secret.reveal())
@@ -317,20 +320,21 @@ class EgressAddon:
         secret = self._injected.get(flow)
         if secret is None or flow.websocket is None or not flow.websocket.messages:
             return
-        message = flow.websocket.messages[-1]
-        if not message.from_client:
-            cleaned = redact_message(message.content, secret.reveal())
-            if cleaned is not None:
-                message.content = cleaned
+        try:
+            message = flow.websocket.messages[-1]
+            if not message.from_client:
+                cleaned = redact_message(message.content, secret.reveal())
+                if cleaned is not None:
+                    message.content = cleaned
+        except Exception:  # never forward a message that could not be checked
+            log.exception("egress: error redacting a WebSocket message; closing the flow")
+            flow.kill()
 
-    def _refuse_midway(self, flow: http.HTTPFlow, reason: Reason, detail: str) -> None:
+    def _refuse_midway(self, flow: http.HTTPFlow, reason: Reason, detail: str,
+                       skill: str | None, dest: Destination) -> None:
         """Audit a flow refused after it started (a body, a response): there is no reply to
         send any more; the caller kills or aborts it."""
         assert self.runtime is not None
-        tunnel = self._tunnels.get(flow.client_conn)
-        skill = tunnel.skill if tunnel is not None else self._skills.get(flow.client_conn)
-        dest = (Destination(tunnel.host, tunnel.port) if tunnel is not None
-                else requested_destination(flow))
         self.metrics.decision("deny", reason, skill, dest.host)
         self.runtime.record(audit_record(
             self.runtime.policy.digest, flow, "deny", reason, skill, dest, "http",
@@ -351,7 +355,8 @@ class EgressAddon:
             return True
         return request_scanner(flow, needles, lambda name: self._refuse_midway(
             flow, Reason.CREDENTIAL_EXFILTRATION,
-            f"request body carries credential {name}, bound to other hosts; upstream aborted"))
+            f"request body carries credential {name}, bound to other hosts; upstream aborted",
+            skill, Destination(dest.host, dest.port)))
 
     def _on_server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""

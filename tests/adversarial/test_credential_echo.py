@@ -314,6 +314,8 @@ def test_placeholder_split_across_body_chunks_never_reaches_the_upstream(leak: L
     assert all(c.closed for c in leak.sink.connections)  # the upstream socket was aborted
     record = audit_reasons(leak)[-1]
     assert record["reason"] == "credential_exfiltration" and "request body" in record["detail"]
+    assert (record["host"], record["port"], record["path"]) == ("sink.leak.test", leak.sink.port,
+                                                                "/upload")
 
 
 def test_the_real_key_base64_in_an_intercepted_body_is_caught(leak: LeakWorld) -> None:
