@@ -9,12 +9,15 @@ costs no lookup and no upstream connection.
     TLS ClientHello    next_layer       SNI == CONNECT host: raw passthrough (fast path)
                        tls_clienthello  same check otherwise; intercept if a rule looks inside
     request in tunnel  requestheaders   Host == CONNECT host, method/path, credential step
+    response           responseheaders  stream; redact the key where egress injected one
+    WebSocket message  websocket_message  redact the key in upstream messages
     GET http://h/p     requestheaders   auth, Host == URI, decide, credential step, vet, pin
     upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -25,6 +28,12 @@ from mitmproxy.proxy import layer, server_hooks
 
 from egress import header_limit
 from egress.audit import AuditRecord, new_request_id
+from egress.body_guard import (
+    redact_message,
+    request_scanner,
+    response_redactor,
+    unreadable_encoding,
+)
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
@@ -46,7 +55,7 @@ from egress.protocol_audit import ProtocolErrorAudit
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
 from egress.responses import refusal
-from egress.runtime import Runtime, default_data_dir
+from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
 from egress.tunnels import Tunnel, passthrough_layer, sni_matches
@@ -70,6 +79,7 @@ class EgressAddon:
         )
         self._brokerage = Brokerage()
         self._protocol_audit: ProtocolErrorAudit | None = None
+        self._audit_flusher: asyncio.Task[None] | None = None
         # Secrets injected into a flow, kept to redact echoes in its response headers.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Secret] = (
             weakref.WeakKeyDictionary()
@@ -136,11 +146,19 @@ class EgressAddon:
             self._protocol_audit = ProtocolErrorAudit(lambda r: runtime.record(r),
                                                       lambda: runtime.policy.digest)
             self._protocol_audit.install()
+        if self._audit_flusher is None:  # summaries of folded denials, on their interval
+            self._audit_flusher = asyncio.get_running_loop().create_task(
+                flush_audit_periodically(lambda: self.runtime))
 
     def done(self) -> None:
         if self._protocol_audit is not None:
             self._protocol_audit.uninstall()
             self._protocol_audit = None
+        if self._audit_flusher is not None:
+            self._audit_flusher.cancel()
+            self._audit_flusher = None
+        if self.runtime is not None:
+            self.runtime.flush_audit(final=True)
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -266,25 +284,79 @@ class EgressAddon:
         if vetted is None:
             return
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
-        flow.request.stream = True  # bodies are never inspected: stream, constant memory
+        flow.request.stream = self._request_stream(flow, skill, dest, decision)  # type: ignore[assignment]
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
             if flow.response is None:
                 return
-            secret = self._injected.pop(flow, None)
+            # Stream every response (SSE arrives event by event); one to a request that
+            # carried a key streams through the redactor (egress/body_guard.py).
+            flow.response.stream = True
+            secret = self._injected.get(flow)
             if secret is not None:
                 fields = [(k, v) for k, v in flow.response.headers.items(multi=True)]
                 cleaned = redact(fields, secret.reveal())
                 if cleaned is not None:
                     flow.response.headers = http.Headers(
                         [(k.encode(), v.encode()) for k, v in cleaned])
-            # egress never reads bodies: stream every response (SSE arrives event by event).
-            flow.response.stream = True
+                encoding = unreadable_encoding(flow.response, flow.request.method)
+                if encoding is not None:
+                    tunnel = self._tunnels.get(flow.client_conn)  # keys only go into tunnels
+                    self._refuse_midway(
+                        flow, Reason.RESPONSE_UNREADABLE, f"response Content-Encoding {encoding!r}",
+                        tunnel.skill if tunnel else None,
+                        Destination(tunnel.host, tunnel.port) if tunnel else requested_destination(flow))
+                    flow.kill()
+                    return
+                flow.response.stream = response_redactor(secret.reveal())
         except Exception:
             log.exception("egress: error handling response headers; dropping the response")
             flow.kill()
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Redact the key in messages from an upstream egress gave it to (an echo)."""
+        secret = self._injected.get(flow)
+        if secret is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        try:
+            message = flow.websocket.messages[-1]
+            if not message.from_client:
+                cleaned = redact_message(message.content, secret.reveal())
+                if cleaned is not None:
+                    message.content = cleaned
+        except Exception:  # never forward a message that could not be checked
+            log.exception("egress: error redacting a WebSocket message; closing the flow")
+            flow.kill()
+
+    def _refuse_midway(self, flow: http.HTTPFlow, reason: Reason, detail: str,
+                       skill: str | None, dest: Destination) -> None:
+        """Audit a flow refused after it started (a body, a response): there is no reply to
+        send any more; the caller kills or aborts it."""
+        assert self.runtime is not None
+        self.metrics.decision("deny", reason, skill, dest.host)
+        self.runtime.record(audit_record(
+            self.runtime.policy.digest, flow, "deny", reason, skill, dest, "http",
+            new_request_id(), None, detail=detail,
+            credential=flow.metadata.get("egress_credential")))
+
+    def _request_stream(self, flow: http.HTTPFlow, skill: str, dest: Destination,
+                        decision: Decision) -> object:
+        """`flow.request.stream`: True, or a scanner when the skill holds credentials not bound
+        to this destination (the body must not carry them; egress/body_guard.py)."""
+        assert self.runtime is not None
+        policy = self.runtime.policy.skills.get(skill)
+        if policy is None or not policy.credentials:
+            return True
+        wanted = decision.rule.credential if decision.rule is not None else None
+        needles = self._brokerage.unbound(policy, dest, wanted)
+        if not needles:
+            return True
+        return request_scanner(flow, needles, lambda name: self._refuse_midway(
+            flow, Reason.CREDENTIAL_EXFILTRATION,
+            f"request body carries credential {name}, bound to other hosts; upstream aborted",
+            skill, Destination(dest.host, dest.port)))
 
     def _on_server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
@@ -343,7 +415,7 @@ class EgressAddon:
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
         if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
             return None
-        flow.request.stream = True
+        flow.request.stream = self._request_stream(flow, tunnel.skill, dest, decision)  # type: ignore[assignment]
         if flow.metadata.get("egress_credential") is None:
             self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
         else:
@@ -459,6 +531,11 @@ class EgressAddon:
                         policy_source=str(rule.source) if rule is not None else None)
         flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
         self.metrics.decision("deny", reason, skill, dest.host)
+        if skill is not None and reason is not Reason.RATE_LIMITED \
+                and not flow.metadata.get("egress_counted"):
+            # Denials count toward the skill's rate limit (a flood ends up rate-limited).
+            policy = self.runtime.policy.skills.get(skill)
+            self.limiter.charge(skill, policy.limits if policy is not None else None)
         self.runtime.record(audit_record(self.runtime.policy.digest, flow, "deny", reason, skill,
                                          dest, kind, rid, decision, detail=detail))
 
@@ -483,6 +560,8 @@ class EgressAddon:
             flow.client_conn.id, skill, policy.limits if policy else None,
             rule.label if rule is not None else None, rule.limits if rule is not None else None,
             enforce=not report)
+        if exceeded is None or report:
+            flow.metadata["egress_counted"] = True  # a later refusal must not count it twice
         if exceeded is None:
             return decision
         if report:

@@ -111,6 +111,8 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
         reload_failing=failing, open_connections=conns, secrets=secrets,
         audit_lines=rt.audit.lines_written, audit_write_errors=rt.audit.write_errors,
         audit_rotations=getattr(rt.audit, "rotations", 0), token_store_ok=rt.tokens.error is None,
+        audit_folded=getattr(getattr(rt, "folder", None), "folded", 0),
+        audit_summaries=getattr(getattr(rt, "folder", None), "summaries", 0),
     )
 
 

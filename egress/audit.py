@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AUDIT_FILE", "SCHEMA_VERSION", "AuditRecord", "AuditWriter", "Rotation", "new_request_id",
-           "read_records", "parse_record"]
+           "read_records", "parse_record", "timestamp"]
 
 AUDIT_FILE = "audit.jsonl"
 SCHEMA_VERSION = 1
@@ -34,7 +34,8 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Now, as an audit line's `ts`: RFC 3339 UTC with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -55,13 +56,21 @@ class AuditRecord:
     policy: str | None = None  # digest of the policy in force
     detail: str | None = None  # short extra context safe to show (e.g. "127.0.0.1 is loopback")
     credential: str | None = None  # the *name* of a brokered credential, never its value
+    # A summary line of identical denials folded under the audit budget (egress/audit_fold.py):
+    # how many denials it stands for (none of them written on its own), first and last seen.
+    folded: int | None = None
+    first_seen: str | None = None
+    last_seen: str | None = None
     id: str = field(default_factory=new_request_id)
-    ts: str = field(default_factory=_now)
+    ts: str = field(default_factory=timestamp)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {"v": SCHEMA_VERSION}
         data.update((k, v) for k, v in asdict(self).items() if v is not None or k in _ALWAYS)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        # ASCII only: a skill-controlled path with C1 controls (U+009B is a one-character
+        # CSI), bidi overrides or U+2028 then cannot act on a terminal running `tail -f`,
+        # nor split the line for readers that honour Unicode line breaks (str.splitlines).
+        return json.dumps(data, separators=(",", ":"))
 
 
 _ALWAYS = frozenset({"skill", "ts", "id", "decision", "reason", "host", "port", "kind"})

@@ -30,6 +30,7 @@ __all__ = [
     "group",
     "parse_time",
     "read_all",
+    "weight",
 ]
 
 DENIAL_DECISIONS = frozenset({"deny", "report"})  # report: would have been denied
@@ -135,23 +136,36 @@ class Group:
 
 
 def group(records: Iterable[dict[str, Any]], by: str) -> list[Group]:
-    """Counts and first/last seen per value of `by` (host, skill or reason), most first."""
+    """Counts and first/last seen per value of `by` (host, skill or reason), most first.
+
+    A summary line of folded denials (egress/audit_fold.py) counts as the `folded` denials it
+    stands for, seen from its `first_seen` to its `last_seen`."""
     if by not in _GROUP_KEYS:
         raise ValueError(f"cannot group by {by!r}; use one of {', '.join(_GROUP_KEYS)}")
     seen: dict[str, list[Any]] = {}
     for record in records:
         value = record.get(by)
         key = "-" if value is None else str(value)
-        ts = str(record.get("ts", ""))
+        count, first, last = weight(record)
         entry = seen.get(key)
         if entry is None:
-            seen[key] = [1, ts, ts]
+            seen[key] = [count, first, last]
         else:
-            entry[0] += 1
-            entry[1] = min(entry[1], ts)
-            entry[2] = max(entry[2], ts)
+            entry[0] += count
+            entry[1] = min(entry[1], first)
+            entry[2] = max(entry[2], last)
     groups = [Group(k, v[0], v[1], v[2]) for k, v in seen.items()]
     return sorted(groups, key=lambda g: (-g.count, g.key))
+
+
+def weight(record: dict[str, Any]) -> tuple[int, str, str]:
+    """(how many requests a record stands for, first ts, last ts): 1 and its own ts, or, for
+    a summary line of folded denials, its `folded` count and `first_seen`/`last_seen`."""
+    ts = str(record.get("ts", ""))
+    folded = record.get("folded")
+    if isinstance(folded, int) and not isinstance(folded, bool) and folded > 0:
+        return folded, str(record.get("first_seen") or ts), str(record.get("last_seen") or ts)
+    return 1, ts, ts
 
 
 def follow(

@@ -77,4 +77,24 @@ class Brokerage:
         except ValueError as exc:
             return Refused(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {exc}")
         self._known.setdefault(skill.name, {})[wanted] = cached.secret
+        # The response is redacted while it streams; a compressed one could not be read.
+        new_fields = [(k, v) for k, v in new_fields if k.lower() != "accept-encoding"]
+        new_fields.append(("Accept-Encoding", "identity"))
         return Injected(new_fields, wanted, cached.secret, cached.stale)
+
+    def unbound(self, skill: SkillPolicy, dest: Destination, wanted: str | None
+                ) -> dict[str, list[str]]:
+        """What a request body to `dest` must not carry: for each credential of `skill` not
+        bound there (other than `wanted`, the one injected), its placeholder and, once egress
+        has fetched it, its real value."""
+        known = self._known.get(skill.name, {})
+        out: dict[str, list[str]] = {}
+        for name, cred in skill.credentials.items():
+            if name == wanted or bound_to(skill, name, dest.host, dest.port, dest.path):
+                continue
+            values = [cred.placeholder] if cred.placeholder else []
+            if name in known:
+                values.append(known[name].reveal())
+            if values:
+                out[name] = values
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from egress.leakscan import text_carries
 from egress.policy.match import path_matches
 from egress.policy.model import Credential, SkillPolicy
 from egress.secrets.base import Secret
@@ -25,7 +26,8 @@ def carried_credentials(
     """Names of the skill's credentials whose placeholder or real value appears in `texts`.
 
     `texts` are header values and the request target; `known` maps credential names to values
-    egress has fetched (a skill that somehow learnt a real key is caught too).
+    egress has fetched (a skill that somehow learnt a real key is caught too). Found raw,
+    percent-, base64- or hex-encoded, or split across the texts in order (egress/leakscan.py).
     """
     found: set[str] = set()
     items = list(texts)
@@ -34,7 +36,7 @@ def carried_credentials(
         secret = known.get(name)
         if secret is not None:
             needles.append(secret.reveal())
-        if any(n and n in text for n in needles for text in items):
+        if any(text_carries(n, items) for n in needles if n):
             found.add(name)
     return found
 

@@ -99,6 +99,7 @@ class Operations:
                 loop.remove_signal_handler(sig)
         runtime = self.addon.runtime
         if runtime is not None:
+            runtime.flush_audit(final=True)  # summaries of folded denials (if `done` did not)
             runtime.audit.close()  # each line is already written with os.write: nothing buffered
 
     @staticmethod

@@ -104,6 +104,8 @@ class Snapshot:
     audit_lines: int = 0
     audit_write_errors: int = 0
     audit_rotations: int = 0
+    audit_folded: int = 0  # denials folded into summary lines by the audit budget
+    audit_summaries: int = 0  # summary lines written for them
     token_store_ok: bool = True
 
 
@@ -221,6 +223,11 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
               snap.audit_write_errors)
     yield one("egress_audit_rotations_total", "counter", "Audit log rotations.",
               snap.audit_rotations)
+    yield one("egress_audit_folded_total", "counter",
+              "Denials past a skill's audit budget folded into summary lines (each counted "
+              "there, none written on its own line).", snap.audit_folded)
+    yield one("egress_audit_summaries_total", "counter",
+              "Summary lines of folded denials written.", snap.audit_summaries)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))

@@ -8,6 +8,8 @@ entry; both apply then):
   A burst of N goes through at once, then one request every 60/N seconds. What counts as a
   request is what egress sees: a CONNECT (a passthrough tunnel is one request, whatever runs
   inside it), a plain-HTTP request, a request inside an intercepted tunnel.
+  Refused requests count too (`charge`): a skill flooding egress with denied requests
+  empties its own bucket.
 - ``concurrent_connections``: client connections a skill holds open at once. A connection
   takes its slot with its first admitted request and gives it back when it closes.
 
@@ -113,6 +115,18 @@ class RateLimiter:
             self._held[conn] = held
         self._forget_idle(now)
         return exceeded
+
+    def charge(self, skill: str, skill_limits: Limits | None) -> None:
+        """Count a *refused* request of `skill` against its requests_per_minute (taking a token
+        if one is left): denials count toward the rate limit, so a skill flooding egress with
+        denied requests soon finds its allowed ones limited too. Takes no connection slot."""
+        rpm = skill_limits.requests_per_minute if skill_limits is not None else None
+        if rpm is None:
+            return
+        now = self._clock()
+        bucket = refill(self._buckets.get(("skill", skill)), rpm, now)
+        self._buckets[("skill", skill)] = Bucket(max(0.0, bucket.tokens - 1.0), now)
+        self._forget_idle(now)
 
     def release(self, conn: Hashable) -> None:
         """The client connection closed: give its slots back."""

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     NO_POLICY = "no_policy"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     INTERNAL_ERROR = "internal_error"
+    RESPONSE_UNREADABLE = "response_unreadable"
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
@@ -65,6 +66,10 @@ _WHY: dict[Reason, str] = {
     Reason.NO_POLICY: "egress has no valid policy loaded, so every request is refused.",
     Reason.UPSTREAM_UNREACHABLE: "egress could not connect to the destination.",
     Reason.INTERNAL_ERROR: "egress hit an internal error and refused the request to stay safe.",
+    Reason.RESPONSE_UNREADABLE: (
+        "The response to a request carrying a brokered credential was compressed or encoded, "
+        "so egress could not check it for the credential; it was not delivered."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {

@@ -23,6 +23,7 @@ _STATUS: dict[Reason, int] = {
     Reason.RATE_LIMITED: 429,
     Reason.BAD_REQUEST: 400,
     Reason.INTERNAL_ERROR: 500,
+    Reason.RESPONSE_UNREADABLE: 502,  # (audited; the flow is killed, no reply is built)
 }
 
 

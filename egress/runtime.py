@@ -11,10 +11,12 @@ import asyncio
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter, Rotation
+from egress.audit_fold import Budget, DenialFolder
 from egress.errors import PolicyErrors
 from egress.identity import TokenStore
 from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy, local_interface_addresses
@@ -22,7 +24,7 @@ from egress.policy.load import load_policy_dir
 from egress.policy.model import PolicySet
 from egress.secrets import SecretBroker, SecretSettings, build_broker
 
-__all__ = ["Runtime", "default_data_dir"]
+__all__ = ["Runtime", "default_data_dir", "flush_audit_periodically"]
 
 log = logging.getLogger("egress")
 
@@ -54,6 +56,7 @@ class Runtime:
     self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
     broker: SecretBroker
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
+    folder: DenialFolder = field(default_factory=DenialFolder)  # the audit budget
 
     @classmethod
     def create(
@@ -79,6 +82,7 @@ class Runtime:
             tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy)),
             guard=guard, self_addresses=self_addresses,
             broker=build_broker(policy.settings.secrets or SecretSettings()),
+            folder=DenialFolder(_budget(policy)),
         )
 
     async def reload_policy_async(self) -> bool:
@@ -115,6 +119,7 @@ class Runtime:
             old_broker, self.broker = self.broker, build_broker(new.settings.secrets or SecretSettings())
             _close_later(old_broker)
         self.audit.rotation = _rotation(new)
+        self.folder.budget = _budget(new)
         old, self.policy = self.policy.digest, new
         self.reloads.ok += 1
         self.reloads.last_error = None
@@ -129,7 +134,15 @@ class Runtime:
         self.guard.replace_networks(_networks(self.policy, self.self_addresses))
 
     def record(self, record: AuditRecord) -> None:
-        self.audit.write(record)
+        """Write `record`, or fold it under the audit budget (egress/audit_fold.py)."""
+        for line in self.folder.admit(record):
+            self.audit.write(line)
+
+    def flush_audit(self, *, final: bool = False) -> None:
+        """Write the summaries of folded denials: those of an interval that ended, or (final,
+        at shutdown) all of them."""
+        for line in self.folder.flush() if final else self.folder.due():
+            self.audit.write(line)
 
 
 def _close_later(broker: SecretBroker) -> None:
@@ -143,6 +156,25 @@ def _close_later(broker: SecretBroker) -> None:
 def _rotation(policy: PolicySet) -> Rotation:
     a = policy.settings.audit
     return Rotation(max_bytes=a.max_bytes, max_files=a.max_files, max_age=a.max_age)
+
+
+def _budget(policy: PolicySet) -> Budget:
+    a = policy.settings.audit
+    return Budget(lines=a.budget, interval=a.budget_interval, distinct=a.budget_distinct)
+
+
+async def flush_audit_periodically(runtime: Callable[[], Runtime | None],
+                                   period: float = 1.0) -> None:
+    """Write folded-denial summaries soon after their interval ends, even when no new record
+    arrives to trigger it. Runs until cancelled (the addon's `done`)."""
+    while True:
+        await asyncio.sleep(period)
+        rt = runtime()
+        if rt is not None:
+            try:
+                rt.flush_audit()
+            except Exception:  # never let the timer die: the next tick tries again
+                log.exception("egress: error writing audit summaries")
 
 
 def _networks(policy: PolicySet, self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]) -> NetworkPolicy:

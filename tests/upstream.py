@@ -9,12 +9,17 @@ chooses (127.0.0.2, ...), with a certificate from a throwaway test CA (trustme).
   websocket /ws    echoes every message
 A CountingListener is a bare TCP listener that only counts accepted connections: it proves
 that egress never connected somewhere it must not.
+
+egress redacts a brokered key wherever an upstream echoes it back, so the echo cannot show a
+test what the upstream received. Every echo therefore carries "seen": an id under which the
+upstream kept the headers it received, in this (the test) process: `upstream_headers(id)`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import ssl
 import threading
@@ -27,6 +32,24 @@ from urllib.parse import parse_qs
 import trustme
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
+
+_SEEN: dict[str, list[tuple[str, str]]] = {}  # echo id -> request headers as received
+_SEEN_MAX = 10_000
+
+
+def _remember(headers: list[tuple[bytes, bytes]]) -> str:
+    rid = secrets.token_hex(8)
+    if len(_SEEN) >= _SEEN_MAX:
+        del _SEEN[next(iter(_SEEN))]
+    _SEEN[rid] = [(k.decode(), v.decode()) for k, v in headers]
+    return rid
+
+
+def upstream_headers(seen: str) -> dict[str, str]:
+    """The request headers the upstream received for the echo with this "seen" id
+    (lowercased names), as they arrived -- not as egress let the client see them."""
+    return {k.lower(): v for k, v in _SEEN[seen]}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,8 +70,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        seen = _remember(scope["headers"])
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": json.dumps({"headers": headers})})
+        await send({"type": "websocket.send", "text": json.dumps({"headers": headers,
+                                                                   "seen": seen})})
         for _ in range(10_000):
             msg = await receive()
             if msg["type"] != "websocket.receive":
@@ -89,6 +114,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         "method": scope["method"], "path": path, "query": scope.get("query_string", b"").decode(),
         "http_version": scope["http_version"], "body_length": body_len,
         "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+        "seen": _remember(scope["headers"]),
     }).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     # "X-Echo-Back: NAME" makes the response carry request header NAME back as X-Echoed:

@@ -5,7 +5,10 @@
     egress denials --by host --since 1d            counts with first and last seen
     egress denials --follow                        print new denials as they happen
 
-Reads DATA_DIR/audit.jsonl and its rotated files (audit.jsonl.1 ... .N).
+Reads DATA_DIR/audit.jsonl and its rotated files (audit.jsonl.1 ... .N). Every field printed
+comes from the audit log, where skills control paths and methods: the table escapes control,
+bidi and invisible characters (egress/cli/escape.py); JSON escapes everything non-ASCII.
+A summary line of folded identical denials (`folded`: N) counts N times in `--by`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from egress.audit import AUDIT_FILE
 from egress.audit_query import Group, Query, audit_files, follow, group, parse_time, read_all
 from egress.cli.common import add_data_dir, add_json, data_dir
+from egress.cli.escape import json_safe, printable
 from egress.errors import ConfigError
 from egress.reasons import Reason
 
@@ -91,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
 def print_groups(groups: list[Group], by: str, *, as_json: bool, out: Any) -> None:
     if as_json:
         for g in groups:
-            out.write(json.dumps({by: g.key, "count": g.count, "first": g.first,
-                                  "last": g.last}) + "\n")
+            out.write(json_safe(json.dumps({by: g.key, "count": g.count, "first": g.first,
+                                            "last": g.last})) + "\n")
         return
     rows: list[tuple[str, ...]] = [
-        (g.key, str(g.count), _short_time(g.first), _short_time(g.last)) for g in groups]
+        tuple(map(printable, (g.key, str(g.count), _short_time(g.first), _short_time(g.last))))
+        for g in groups]
     _table((by.upper(), "COUNT", "FIRST SEEN", "LAST SEEN"), rows, out)
     if not groups:
         print("no denials match", file=sys.stderr)
@@ -106,7 +111,9 @@ class _JsonPrinter:
         self.out, self.count = out, 0
 
     def add(self, record: dict[str, Any]) -> None:
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        # ensure_ascii (the default) writes C0, C1, bidi and every other non-ASCII character
+        # as \uXXXX; json_safe adds DEL, the one control json.dumps leaves raw.
+        self.out.write(json_safe(json.dumps(record, separators=(",", ":"))) + "\n")
         self.count += 1
 
     def flush(self) -> None:
@@ -135,14 +142,19 @@ class _TablePrinter:
 
 
 def row(record: dict[str, Any]) -> tuple[str, ...]:
-    """One table row for an audit record."""
+    """One table row for an audit record, every field escaped for the terminal."""
     host, port = record.get("host") or "-", record.get("port")
     dest = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     method, path = record.get("method"), record.get("path")
     request = f"{method} {path}" if method and path else str(method or record.get("kind") or "-")
-    return (_short_time(str(record.get("ts", ""))), str(record.get("skill") or "-"),
-            str(record.get("decision", "-")), str(record.get("reason", "-")), dest,
-            request[:60], str(record.get("id", "-")))
+    request = request[:60]
+    folded = record.get("folded")
+    if isinstance(folded, int) and folded > 0:
+        request += f" (folded: {folded})"
+    fields = (_short_time(str(record.get("ts", ""))), str(record.get("skill") or "-"),
+              str(record.get("decision", "-")), str(record.get("reason", "-")), dest,
+              request, str(record.get("id", "-")))
+    return tuple(printable(f) for f in fields)
 
 
 def _short_time(ts: str) -> str:

@@ -8,7 +8,8 @@ exactly the hosts and ports it used, ready for review and `egress check`:
     egress policy suggest weather > policies/weather.yaml
 
 Hosts stay exact unless `--wildcards` is given: then two or more hosts under one parent
-domain become `*.parent` (never over a single-label parent such as `*.com`).
+domain become `*.parent` (never over a single-label parent such as `*.com`, nor over a public
+suffix such as `*.github.io`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress.audit_query import Query, audit_files, parse_time, read_all
+from egress.audit_query import Query, audit_files, parse_time, read_all, weight
 from egress.cli.common import add_data_dir, data_dir
 from egress.errors import ConfigError
 from egress.netguard import parse_ip_literal
 from egress.policy.match import parse_host_pattern
+from egress.policy.suffixes import public_suffix
 
 __all__ = ["Seen", "observed", "render_policy", "suggest"]
 
@@ -106,10 +108,10 @@ def observed(records: Iterable[dict[str, Any]]) -> dict[str, Seen]:
             continue
         entry = out.setdefault(pattern.host, Seen(pattern.host, hosts={pattern.host}))
         entry.ports.add(port)
-        entry.count += 1
-        ts = str(r.get("ts", ""))
-        entry.first = min(entry.first, ts) if entry.first else ts
-        entry.last = max(entry.last, ts)
+        count, first, last = weight(r)  # a summary of folded denials counts as many
+        entry.count += count
+        entry.first = min(entry.first, first) if entry.first else first
+        entry.last = max(entry.last, last)
     return out
 
 
@@ -119,8 +121,9 @@ def collapse(seen: dict[str, Seen]) -> list[Seen]:
     singles: list[Seen] = []
     for entry in seen.values():
         parent = entry.host.split(".", 1)[1] if "." in entry.host else ""
-        if parse_ip_literal(entry.host) is not None or parent.count(".") < 1:
-            singles.append(entry)
+        if (parse_ip_literal(entry.host) is not None or parent.count(".") < 1
+                or public_suffix(parent) is not None):
+            singles.append(entry)  # never *.com, nor *.github.io (egress check refuses both)
         else:
             by_parent.setdefault(parent, []).append(entry)
     out = list(singles)

@@ -117,6 +117,10 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
         print("egress: not started: fix the policy (egress check DIR shows the same list)",
               file=sys.stderr)
         return 1
+    from egress.policy.lint import policy_warnings
+
+    for warning in policy_warnings(policy):
+        log.warning("policy: %s", warning)  # rules that can never work (see egress check)
     try:
         m = build_master(policies, data, host, port, audit=audit, policy=policy)
     except OptionsError as exc:

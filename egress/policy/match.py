@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import idna
 
 from egress.netguard.addresses import parse_ip_literal
+from egress.policy.suffixes import public_suffix
 
 __all__ = [
     "HostPattern",
@@ -90,6 +91,14 @@ def parse_host_pattern(text: str) -> HostPattern:
             raise ValueError(
                 f"{raw!r} covers a whole top-level domain; name the domain, "
                 f"e.g. *.example.{host}"
+            )
+        suffix = public_suffix(host)
+        if suffix is not None:
+            raise ValueError(
+                f"{raw!r}: {host} is a public suffix (Public Suffix List, {suffix.section} "
+                f"section): names under it belong to unrelated owners, so this would allow "
+                f"all of them; name the owner's domain instead, e.g. *.example.{host} or "
+                f"api.example.{host}"
             )
     return HostPattern(host=host, wildcard=wildcard)
 

@@ -22,7 +22,8 @@ from egress.units import parse_duration, parse_size
 
 __all__ = ["SettingsReader", "parse_mode"]
 
-_AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age")
+_AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age", "budget", "budget_interval",
+               "budget_distinct")
 _SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "upstream_ca", "secrets")
 
 
@@ -122,11 +123,29 @@ class SettingsReader(NodeReader):
                                "settings.audit")
         if age is not None and age < 60:
             self.error(file, a["max_age"][1], "settings.audit.max_age", "must be at least 1m")
+        counts: dict[str, int] = {}
+        for key in ("budget", "budget_distinct"):
+            if key in a:
+                n = self.scalar(file, a[key][1], f"settings.audit.{key}", int, "a whole number")
+                if n is not None and not 1 <= n <= 1_000_000:
+                    self.error(file, a[key][1], f"settings.audit.{key}",
+                               "must be between 1 and 1000000 (lines per skill per interval)")
+                elif n is not None:
+                    counts[key] = n
+        interval = self.parsed_unit(file, a, "budget_interval", parse_duration,
+                                    "a duration such as 1m", "settings.audit")
+        if interval is not None and not 1 <= interval <= 86400:
+            self.error(file, a["budget_interval"][1], "settings.audit.budget_interval",
+                       "must be between 1s and 1d")
+            interval = None
         return AuditSettings(
             log_allowed=out.log_allowed,
             max_bytes=int(size) if size is not None else out.max_bytes,
             max_files=files if files is not None else out.max_files,
             max_age=age if age is not None else out.max_age,
+            budget=counts.get("budget", out.budget),
+            budget_interval=interval if interval is not None else out.budget_interval,
+            budget_distinct=counts.get("budget_distinct", out.budget_distinct),
         )
 
     def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:

@@ -28,7 +28,7 @@ from tests.conftest import UPSTREAM_IP, TestCA, write_policy
 from tests.dnsserver import DnsServer
 from tests.openbao import OpenBao, openbao_server
 from tests.proxy import Proxy, run_proxy
-from tests.upstream import Upstream, run_upstream
+from tests.upstream import Upstream, run_upstream, upstream_headers
 
 PLACEHOLDER = "sk_live_egress_placeholder_0000000000000000"
 REAL_KEY = "sk_live_REAL_" + os.urandom(12).hex()
@@ -126,8 +126,9 @@ def cw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Cr
 
 
 def echoed(resp: httpx.Response) -> dict[str, str]:
+    """The headers the upstream received (egress redacts the key in the echo itself)."""
     assert resp.status_code == 200, resp.text
-    return {k.lower(): v for k, v in resp.json()["headers"]}
+    return upstream_headers(resp.json()["seen"])
 
 
 def tls_request(cw: CredWorld, sni: str, request: bytes, skill: str = "payer") -> bytes:
@@ -206,6 +207,7 @@ def test_response_header_echo_of_the_secret_is_redacted(cw: CredWorld) -> None:
                      headers={"Authorization": f"Bearer {PLACEHOLDER}", "X-Echo-Back": "authorization"})
     assert echoed(resp)["authorization"] == f"Bearer {REAL_KEY}"  # the upstream got the key
     assert resp.headers["x-echoed"] == "Bearer [redacted-by-egress]"  # the skill never sees it
+    assert REAL_KEY not in resp.text  # nor in the body, which echoes every header
     assert REAL_KEY not in cw.proxy.audit_path.read_text()
 
 
@@ -272,7 +274,8 @@ def test_http2_through_interception_injects(cw: CredWorld) -> None:
     assert version == "2", out.stderr
     data = json.loads(body)
     assert data["http_version"] == "2"
-    assert dict((k.lower(), v) for k, v in data["headers"])["authorization"] == f"Bearer {REAL_KEY}"
+    assert upstream_headers(data["seen"])["authorization"] == f"Bearer {REAL_KEY}"
+    assert REAL_KEY not in body  # the echo reached curl redacted
 
 
 def test_websocket_upgrade_carries_the_credential(cw: CredWorld) -> None:
@@ -283,7 +286,8 @@ def test_websocket_upgrade_carries_the_credential(cw: CredWorld) -> None:
                                       additional_headers={"Authorization": f"Bearer {PLACEHOLDER}"}) as ws:
             first = json.loads(await ws.recv())
             await ws.send("hello")
-            return first["headers"]["authorization"], str(await ws.recv())
+            assert REAL_KEY not in first["headers"]["authorization"]  # redacted in the message
+            return upstream_headers(first["seen"])["authorization"], str(await ws.recv())
 
     auth, echo = asyncio.run(talk())
     assert auth == f"Bearer {REAL_KEY}"

@@ -24,7 +24,7 @@ from tests.conftest import UPSTREAM_IP, TestCA
 from tests.dnsserver import DnsServer
 from tests.openclaw.conftest import fake_keys, write_home
 from tests.proxy import Proxy, run_proxy
-from tests.upstream import Upstream, run_upstream
+from tests.upstream import Upstream, run_upstream, upstream_headers
 
 API_HOSTS = ["api.anthropic.com", "api.github.com"]
 COLLECTOR = "collector.claw.test"  # somewhere a skill should not send keys
@@ -108,8 +108,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def echoed_headers(resp: httpx.Response) -> dict[str, str]:
+    """The headers the upstream received (egress redacts a key in the echo itself)."""
     assert resp.status_code == 200, resp.text
-    return {k.lower(): v for k, v in resp.json()["headers"]}
+    return upstream_headers(resp.json()["seen"])
 
 
 def test_anthropic_placeholder_becomes_the_key_on_its_api_host(world: World) -> None:

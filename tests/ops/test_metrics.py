@@ -108,4 +108,4 @@ def test_every_family_has_help_and_type() -> None:
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
     types = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert names == types
-    assert len(names) == 19
+    assert len(names) == 21  # + egress_audit_folded_total, egress_audit_summaries_total
