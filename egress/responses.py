@@ -23,6 +23,13 @@ _STATUS: dict[Reason, int] = {
     Reason.RATE_LIMITED: 429,
     Reason.BAD_REQUEST: 400,
     Reason.INTERNAL_ERROR: 500,
+    Reason.UPSTREAM_TLS_FAILED: 502,
+    Reason.PROTOCOL_ERROR: 400,
+    Reason.REQUEST_HEAD_TIMEOUT: 408,
+    Reason.CLIENTHELLO_TIMEOUT: 408,
+    Reason.AUTH_TIMEOUT: 408,
+    Reason.IDLE_TIMEOUT: 408,
+    Reason.UNAUTHENTICATED_LIMIT: 429,
 }
 
 
