@@ -238,11 +238,12 @@ class EgressAddon:
         self.guard.exchange_done(flow.client_conn, upgraded=False, http2=flow.request.is_http2)
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
-        """Upstream TLS (egress verifies it on intercepted hosts) failed: a denial, not an
-        allow; the skill gets mitmproxy's 502 for its request."""
+        """Upstream TLS (egress verifies it on intercepted hosts) failed: one denial line, not
+        an allow. A request in flight gets mitmproxy's 502; later ones egress's 502."""
         tunnel = self._tunnels.get(data.context.client)
-        if self.runtime is None or tunnel is None:
+        if self.runtime is None or tunnel is None or tunnel.refused is not None:
             return
+        tunnel.refused = Reason.UPSTREAM_TLS_FAILED
         self._refuse_connection(data.context.client, Reason.UPSTREAM_TLS_FAILED, "tls",
                                 tunnel.skill, tunnel.host, tunnel.port,
                                 f"upstream TLS failed: {str(data.conn.error or '')[:100]}")
@@ -475,6 +476,11 @@ class EgressAddon:
         # certificate mitmproxy verifies (ssl_insecure off): never into a plain tunnel.
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
         if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
+            return None
+        if tunnel.refused is not None:  # its upstream failed TLS verification (audited then)
+            reply = refusal(tunnel.refused, skill=tunnel.skill, host=tunnel.host,
+                            port=tunnel.port, request_id=rid)
+            flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
             return None
         flow.request.stream = True
         if flow.metadata.get("egress_credential") is None:

@@ -105,6 +105,10 @@ class Snapshot:
     audit_write_errors: int = 0
     audit_rotations: int = 0
     token_store_ok: bool = True
+    # settings.connections in force ("request_head_timeout_seconds": 20, ...) and how many
+    # open connections have not authenticated yet.
+    connection_limits: Mapping[str, float] = field(default_factory=dict)
+    unauthenticated_connections: int | None = None
 
 
 class Metrics:
@@ -221,6 +225,16 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
               snap.audit_write_errors)
     yield one("egress_audit_rotations_total", "counter", "Audit log rotations.",
               snap.audit_rotations)
+    if snap.connection_limits:
+        limits = _Family("egress_connection_limit", "gauge",
+                         "Connection timeouts (seconds) and caps in force (settings.connections); "
+                         "each close they cause is audited with its reason.", ("limit",), 16)
+        limits.values = {(name,): value for name, value in snap.connection_limits.items()}
+        yield limits
+    if snap.unauthenticated_connections is not None:
+        yield one("egress_unauthenticated_connections", "gauge",
+                  "Open client connections that have not authenticated yet (all addresses).",
+                  snap.unauthenticated_connections)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))
