@@ -127,11 +127,12 @@ class BioTLS:
                 time.sleep(pause)
             self.sock.sendall(chunk)
 
-    def read(self, timeout: float = 5.0, limit: int = 1 << 20) -> bytes:
-        """Decrypted bytes until the peer closes or `timeout` passes quietly."""
+    def read(self, timeout: float = 5.0, limit: int = 1 << 20, until: bytes | None = None) -> bytes:
+        """Decrypted bytes until the peer closes, `timeout` passes quietly, or (with `until`)
+        those bytes arrived."""
         self.sock.settimeout(timeout)
         out = b""
-        while len(out) < limit:
+        while len(out) < limit and (until is None or until not in out):
             try:
                 out += self.obj.read(65536)
                 continue
