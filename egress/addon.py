@@ -199,10 +199,11 @@ class EgressAddon:
             data.server.error = "egress: internal error"
 
     def client_connected(self, client: connection.Client) -> None:
-        if (refused := self.guard.connected(client)) is not None and self.runtime is not None:
+        if (refused := self.guard.connected(client)) is not None:
             client.error = f"egress: {refused}"  # mitmproxy closes it before reading a byte
-            self._refuse_connection(client, refused, "connection", None, "", 0,
-                                    "too many unauthenticated connections from this address")
+            if self.runtime is not None:
+                self._refuse_connection(client, refused, "connection", None, "", 0,
+                                        "too many unauthenticated connections from this address")
         self.connections.connected(client)
 
     def client_disconnected(self, client: connection.Client) -> None:

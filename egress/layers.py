@@ -265,8 +265,10 @@ def _base_length(nextlayer: layer.NextLayer) -> int:
 
 def _is_connect_stream(base: list[layer.Layer], end: int) -> bool:
     """base[:end] ends in the proxy's own HTTP layer and the stream of a CONNECT request."""
-    return (end >= 2 and isinstance(base[end - 1], HttpStream)
-            and isinstance(base[end - 2], HttpLayer) and base[end - 2].mode is HTTPMode.regular)
+    if end < 2 or not isinstance(base[end - 1], HttpStream):
+        return False
+    http_layer = base[end - 2]
+    return isinstance(http_layer, HttpLayer) and http_layer.mode is HTTPMode.regular
 
 
 def _is_tunnel_start(base: list[layer.Layer]) -> bool:

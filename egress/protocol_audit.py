@@ -113,7 +113,8 @@ def install_hostless_log() -> None:
     mitmproxy's shape changed (the test suite runs it against the installed mitmproxy).
     """
     from mitmproxy.proxy import commands
-    from mitmproxy.proxy.layers.http import ErrorCode, ResponseProtocolError, _http1
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
     from mitmproxy.utils import human
 
     server = _http1.Http1Server

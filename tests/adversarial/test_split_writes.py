@@ -62,7 +62,7 @@ def test_split_clienthello_with_the_right_name_passes_through(adv: AdvWorld) -> 
     send_split(raw, client.client_hello(), [1, 5], PAUSE)
     client.handshake()
     client.send_records([b"GET /split HTTP/1.1\r\nHost: pass.adv.test\r\n\r\n"])
-    assert client.read(timeout=3).startswith(b"HTTP/1.1 200")
+    assert client.read(timeout=3, until=b"\r\n\r\n").startswith(b"HTTP/1.1 200")
     raw.close()
     assert adv.tls.snis() == ["pass.adv.test"]
     assert adv.tls.request_lines() == ["GET /split HTTP/1.1"]
@@ -84,7 +84,7 @@ def test_split_clienthello_on_an_intercepted_host_is_still_intercepted(adv: AdvW
         "mitmproxy" in str(client.obj.getpeercert()["issuer"]).lower()
     client.send_records([b"DELETE /v1/invoices HTTP/1.1\r\nHost: api.adv.test:%d\r\n\r\n"
                          % adv.tls.port])
-    answer = client.read(timeout=3)
+    answer = client.read(timeout=3, until=b"\r\n\r\n")
     raw.close()
     assert answer.startswith(b"HTTP/1.1 403")
     assert [r["method"] for r in audit_after(adv, start, "method_not_allowed")] == ["DELETE"]
@@ -108,7 +108,7 @@ def test_request_split_across_tls_records_is_still_judged(adv: AdvWorld, cut: in
     client = intercepted(adv)
     head = b"DELETE /v1/invoices HTTP/1.1\r\nHost: api.adv.test:%d\r\n\r\n" % adv.tls.port
     client.send_records([head[:cut], head[cut:]], pause=PAUSE)
-    answer = client.read(timeout=3)
+    answer = client.read(timeout=3, until=b"\r\n\r\n")
     client.sock.close()
     assert answer.startswith(b"HTTP/1.1 403")
     assert [r["method"] for r in audit_after(adv, start, "method_not_allowed")] == ["DELETE"]
@@ -120,7 +120,7 @@ def test_allowed_request_split_across_tls_records_gets_the_key(adv: AdvWorld) ->
     client = intercepted(adv)
     head = b"GET /v1/invoices HTTP/1.1\r\nHost: api.adv.test:%d\r\n\r\n" % adv.tls.port
     client.send_records([head[:1], head[1:12], head[12:]], pause=PAUSE)
-    assert client.read(timeout=3).startswith(b"HTTP/1.1 200")
+    assert client.read(timeout=3, until=b"\r\n\r\n").startswith(b"HTTP/1.1 200")
     client.sock.close()
     assert adv.tls.request_lines() == ["GET /v1/invoices HTTP/1.1"]
     assert f"Bearer {REAL_KEY}".encode() in adv.tls.received()
@@ -131,7 +131,7 @@ def test_not_http_inside_intercepted_tls_is_refused(adv: AdvWorld) -> None:
     start = len(adv.proxy.audit())
     client = intercepted(adv)
     client.send_records([b"\x00\x01binary protocol\r\n" * 4])
-    answer = client.read(timeout=3)
+    answer = client.read(timeout=3, until=b"\r\n\r\n")
     client.sock.close()
     records = audit_after(adv, start, "protocol_not_allowed")
     assert answer == b""
