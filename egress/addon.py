@@ -241,12 +241,19 @@ class EgressAddon:
     def tls_failed_server(self, data: tls.TlsData) -> None:
         """Upstream TLS (egress verifies it on intercepted hosts) failed: one denial line, not
         an allow. A request in flight gets mitmproxy's 502; later ones egress's 502."""
-        tunnel = self._tunnels.get(data.context.client)
-        if self.runtime is None or tunnel is None or tunnel.refused is not None:
+        client = data.context.client
+        tunnel = self._tunnels.get(client)
+        if self.runtime is None or (tunnel is not None and tunnel.refused is not None):
             return
-        tunnel.refused = Reason.UPSTREAM_TLS_FAILED
-        self._refuse_connection(data.context.client, Reason.UPSTREAM_TLS_FAILED, "tls",
-                                tunnel.skill, tunnel.host, tunnel.port,
+        skill: str | None
+        if tunnel is not None:
+            tunnel.refused = Reason.UPSTREAM_TLS_FAILED
+            skill, host, port = tunnel.skill, tunnel.host, tunnel.port
+        else:  # `GET https://...` sent to the proxy as plain HTTP
+            address = getattr(data.conn, "address", None)
+            skill, host, port = (self._skills.get(client), str(data.conn.sni or ""),
+                                 int(address[1]) if address else 0)
+        self._refuse_connection(client, Reason.UPSTREAM_TLS_FAILED, "tls", skill, host, port,
                                 f"upstream TLS failed: {str(data.conn.error or '')[:100]}")
 
     def _describe_peer(self, peername: object) -> tuple[str | None, str, int] | None:

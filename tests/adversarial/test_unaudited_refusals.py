@@ -200,3 +200,22 @@ def test_upstream_tls_failure_is_a_denial_egress_denials_shows(una: UnaWorld) ->
         capture_output=True, text=True, timeout=30, check=True).stdout
     shown = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert {r["host"] for r in shown} == {"wrongcert.una.test"}
+
+
+def test_upstream_tls_failure_of_a_plain_proxy_request_is_audited(una: UnaWorld) -> None:
+    # `GET https://...` sent to the proxy itself (no CONNECT): mitmproxy dials TLS upstream.
+    una.tls.reset()
+    start = len(una.proxy.audit())
+    with socket.create_connection(una.addr, timeout=10) as sock:
+        sock.sendall(f"GET https://wrongcert.una.test:{una.tls.port}/v1/x HTTP/1.1\r\n"
+                     f"Host: wrongcert.una.test:{una.tls.port}\r\n"
+                     f"Proxy-Authorization: {auth(una)}\r\n\r\n".encode())
+        answer = recv_until_closed(sock, timeout=3)
+    assert answer.startswith(b"HTTP/1.1 502")
+    lines = una.settle(start, "upstream_tls_failed")
+    assert [(r["reason"], r["skill"], r["port"]) for r in lines] == [
+        ("upstream_tls_failed", "eve", una.tls.port)]
+    # The host is the SNI mitmproxy sent upstream; for plain-HTTP `https://` requests that is
+    # today the pinned address, not the name (the request host is rewritten to pin the IP).
+    assert lines[0]["host"] in ("wrongcert.una.test", UPSTREAM_IP)
+    assert una.tls.received() == b""
