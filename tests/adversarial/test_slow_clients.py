@@ -113,6 +113,17 @@ def connect(slow: SlowWorld) -> socket.socket:
     return socket.create_connection(slow.addr, timeout=10)
 
 
+def metrics(slow: SlowWorld) -> str:
+    import urllib.request
+    admin = slow.proxy.process.args[slow.proxy.process.args.index("--admin") + 1]  # type: ignore
+    return urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+
+
+def unauthenticated_drop_to(slow: SlowWorld, count: int) -> bool:
+    """Wait until egress has seen enough unauthenticated connections close."""
+    return wait_for(lambda: f"egress_unauthenticated_connections {count}\n" in metrics(slow))
+
+
 # -- before authentication -------------------------------------------------------------------
 
 def test_a_silent_connection_is_closed_and_audited(slow: SlowWorld) -> None:
@@ -147,7 +158,7 @@ def test_after_a_407_an_idle_connection_is_closed(slow: SlowWorld) -> None:
 
 
 def test_unauthenticated_connections_per_address_are_capped(slow: SlowWorld) -> None:
-    time.sleep(0.5)  # connections of earlier tests have gone
+    assert unauthenticated_drop_to(slow, 0)  # connections of earlier tests have gone
     start = len(slow.proxy.audit())
     held = [connect(slow) for _ in range(CAP)]
     try:
@@ -166,6 +177,7 @@ def test_unauthenticated_connections_per_address_are_capped(slow: SlowWorld) -> 
         for sock in held:
             sock.close()
     assert len(slow.lines(start, "unauthenticated_limit")) == 1
+    assert unauthenticated_drop_to(slow, 0)  # leave no slot taken for the next test
 
 
 # -- tunnels -----------------------------------------------------------------------------------
@@ -270,11 +282,10 @@ def test_keep_alive_requests_with_pauses_are_not_head_timeouts(slow: SlowWorld) 
 
 
 def test_metrics_show_the_limits_and_unauthenticated_connections(slow: SlowWorld) -> None:
-    import urllib.request
-    admin = slow.proxy.process.args[slow.proxy.process.args.index("--admin") + 1]  # type: ignore
+    assert unauthenticated_drop_to(slow, 0)
     with connect(slow):
         time.sleep(0.2)
-        text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+        text = metrics(slow)
     assert f'egress_connection_limit{{limit="request_head_timeout_seconds"}} {HEAD}' in text
     assert f'egress_connection_limit{{limit="idle_timeout_seconds"}} {IDLE}' in text
     assert f'egress_connection_limit{{limit="max_unauthenticated_per_address"}} {CAP}' in text
