@@ -89,7 +89,8 @@ class EgressAddon:
         # The protocol envelope: egress picks each tunnel's layer; slow or idle connections end.
         self._layers = LayerChooser()
         self.guard = ConnectionGuard(self._connection_settings, self._layers.waiting,
-                                     self._closed_by_guard)
+                                     self._closed_by_guard,
+                                     lambda: ctx.master.addons.get("proxyserver"))
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -154,7 +155,7 @@ class EgressAddon:
                                                       lambda: runtime.policy.digest,
                                                       self._describe_peer)
             self._protocol_audit.install()
-        self.guard.start(ctx.master.addons.get("proxyserver"))
+        self.guard.start()
 
     def done(self) -> None:
         self.guard.stop()

@@ -120,9 +120,12 @@ class ConnectionGuard:
 
     def __init__(self, settings: Callable[[], ConnectionSettings],
                  pending: Callable[[connection.Client], tuple[float, str] | None],
-                 on_close: OnClose, *, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_close: OnClose, proxyserver: Callable[[], Any], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`settings`: the limits in force; `pending`: a tunnel's wait for bytes (LayerChooser);
-        `on_close`: audits a connection the guard closed or refused. No I/O here."""
+        `on_close`: audits a connection the guard closed or refused; `proxyserver`: mitmproxy's
+        Proxyserver addon (looked up when needed: under mitmdump the first connections can
+        arrive before the `running` hook). No I/O here."""
         self._settings = settings
         self._pending = pending
         self._on_close = on_close
@@ -132,13 +135,13 @@ class ConnectionGuard:
         self._unauthenticated: Counter[str] = Counter()
         self._by_peer: weakref.WeakValueDictionary[Any, connection.Client] = (
             weakref.WeakValueDictionary())
-        self._proxyserver: Any = None
+        self._proxyserver = proxyserver
+        self._warned = False
         self._task: asyncio.Task[None] | None = None
 
     # -- wiring ----------------------------------------------------------------------------
-    def start(self, proxyserver: Any) -> None:
+    def start(self) -> None:
         """Begin sweeping (call inside the running event loop)."""
-        self._proxyserver = proxyserver
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -156,8 +159,12 @@ class ConnectionGuard:
             return Reason.UNAUTHENTICATED_LIMIT
         watch = Watch(peer_ip, self._clock())
         handler = self._handler(client)
-        if handler is None:
-            return None  # not served by the proxyserver addon: nothing to time or close
+        if handler is None or not hasattr(handler, "transports"):
+            if not self._warned:  # mitmproxy changed shape: say so loudly, once
+                self._warned = True
+                log.warning("egress: cannot watch client connections (no proxyserver handler "
+                            "for %s): connection timeouts and caps are OFF", client.peername)
+            return None
         self._watches[client] = watch
         self._by_peer[client.peername] = client
         self._unauthenticated[peer_ip] += 1
@@ -246,7 +253,7 @@ class ConnectionGuard:
                 log.exception("egress: error while checking connection timeouts")
 
     def _handler(self, client: connection.Client) -> Any:
-        connections = getattr(self._proxyserver, "connections", None)
+        connections = getattr(self._proxyserver(), "connections", None)
         return connections.get(client.id) if connections is not None else None
 
     def _close(self, client: connection.Client) -> bool:

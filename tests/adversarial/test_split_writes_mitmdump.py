@@ -65,6 +65,7 @@ def dump(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[
               dns: {{nameservers: ["{dns.address}"], timeout: 2}}
               networks: {{allow: ["{UPSTREAM_IP}/32"]}}
               upstream_ca: upstream-ca.pem
+              connections: {{idle_before_auth: 2s}}
             skills:
               s:
                 allow:
@@ -123,3 +124,17 @@ def test_split_plain_request_naming_another_host_is_refused(dump: Dump) -> None:
     raw.close()
     assert wait_for(lambda: any(r["reason"] == "host_mismatch" for r in dump.audit()[start:]))
     assert b"/admin" not in dump.plain.received()
+
+
+def test_connection_limits_work_under_mitmdump_too(dump: Dump) -> None:
+    # The guard finds mitmproxy's connection handler through the proxyserver addon, which
+    # under mitmdump may serve connections before the script's `running` hook.
+    import socket
+    import time
+    start = len(dump.audit())
+    with socket.create_connection(dump.addr, timeout=10) as sock:
+        began = time.monotonic()
+        assert recv_until_closed(sock, timeout=8) == b""
+        took = time.monotonic() - began
+    assert took < 6
+    assert wait_for(lambda: any(r["reason"] == "auth_timeout" for r in dump.audit()[start:]))
