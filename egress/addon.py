@@ -5,14 +5,19 @@ refusal response, passthrough or interception, a pinned address. The order of ch
 order of cost: credentials, then the pure policy decision, then DNS -- so a denied request
 costs no lookup and no upstream connection.
 
+    client connects    client_connected cap on unauthenticated connections, timeouts start
     CONNECT host:port  http_connect     auth, decide, rate limit, vet address, pin, Tunnel
-    TLS ClientHello    next_layer       SNI == CONNECT host: raw passthrough (fast path)
-                       tls_clienthello  same check otherwise; intercept if a rule looks inside
-    request in tunnel  requestheaders   Host == CONNECT host, method/path, credential step
+    tunnel bytes       next_layer       egress chooses the layer (egress/layers.py): complete
+                                        ClientHello with SNI == CONNECT host -> passthrough or
+                                        intercept; HTTP/1 request line -> HTTP; else refused
+                       tls_clienthello  SNI check again; intercept if a rule looks inside
+    request in tunnel  requestheaders   Host == CONNECT host, upgrades, method/path, credential
     response           responseheaders  stream; redact the key where egress injected one
     WebSocket message  websocket_message  redact the key in upstream messages
-    GET http://h/p     requestheaders   auth, Host == URI, decide, credential step, vet, pin
+    GET http://h/p     requestheaders   auth, Host == URI, decide, upgrades, credential, vet, pin
+    101 response       responseheaders  only for the WebSocket handshake egress let through
     upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
+    upstream TLS fails tls_failed_server  audited as upstream_tls_failed
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 import weakref
 
 from mitmproxy import connection, ctx, http, tls
-from mitmproxy.exceptions import OptionsError
+from mitmproxy.exceptions import AddonHalt, OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
 from egress import header_limit
@@ -35,6 +40,7 @@ from egress.body_guard import (
     unreadable_encoding,
 )
 from egress.brokerage import Brokerage, Injected, Refused
+from egress.connguard import ConnectionGuard
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
     audit_record,
@@ -46,19 +52,21 @@ from egress.flowinfo import (
 )
 from egress.identity import parse_proxy_authorization
 from egress.inject import redact
+from egress.layers import ClosingLayer, LayerChooser, Refusal
 from egress.metrics import Metrics
 from egress.netguard import Blocked, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.match import normalise_host, normalise_path
-from egress.policy.model import Mode, PolicySet
-from egress.protocol_audit import ProtocolErrorAudit
+from egress.policy.model import ConnectionSettings, Mode, PolicySet
+from egress.protocol_audit import ProtocolErrorAudit, install_hostless_log
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
-from egress.tunnels import Tunnel, passthrough_layer, sni_matches
+from egress.tunnels import Tunnel, sni_matches
+from egress.upgrades import request_refusal, switch_refusal
 
 __all__ = ["EgressAddon"]
 
@@ -88,10 +96,16 @@ class EgressAddon:
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.connections = ConnectionTracker(self.metrics, self.limiter, self._skills.get)
+        # The protocol envelope: egress picks each tunnel's layer; slow or idle connections end.
+        self._layers = LayerChooser()
+        self.guard = ConnectionGuard(self._connection_settings, self._layers.waiting,
+                                     self._closed_by_guard,
+                                     lambda: ctx.master.addons.get("proxyserver"))
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
         header_limit.install()
+        install_hostless_log()  # mitmproxy's own 400 for a request without Host gets audited
         loader.add_option("egress_policies", str, "",
                           "Directory of egress policy YAML files (required).")
         loader.add_option("egress_data_dir", str, "",
@@ -105,6 +119,10 @@ class EgressAddon:
         if ctx.options.connection_strategy != "lazy":
             # Nothing may connect upstream before egress has decided (deny before connect).
             ctx.options.update(connection_strategy="lazy")
+        if ctx.options.rawtcp:
+            # No raw relay on mitmproxy's guess (after a 101, or for bytes that look like no
+            # HTTP); egress picks tunnel layers itself and relays raw TCP only where a rule says.
+            ctx.options.update(rawtcp=False)
         if self.runtime is not None and not (
                 {"egress_policies", "egress_data_dir", "egress_audit"} & updated):
             return
@@ -144,13 +162,16 @@ class EgressAddon:
         if self._protocol_audit is None and self.runtime is not None:
             runtime = self.runtime
             self._protocol_audit = ProtocolErrorAudit(lambda r: runtime.record(r),
-                                                      lambda: runtime.policy.digest)
+                                                      lambda: runtime.policy.digest,
+                                                      self._describe_peer)
             self._protocol_audit.install()
         if self._audit_flusher is None:  # summaries of folded denials, on their interval
             self._audit_flusher = asyncio.get_running_loop().create_task(
                 flush_audit_periodically(lambda: self.runtime))
+        self.guard.start()
 
     def done(self) -> None:
+        self.guard.stop()
         if self._protocol_audit is not None:
             self._protocol_audit.uninstall()
             self._protocol_audit = None
@@ -162,6 +183,7 @@ class EgressAddon:
 
     # -- hooks ---------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.guard.head_complete(flow.client_conn)
         started = time.perf_counter()
         try:
             await self._on_connect(flow)
@@ -170,6 +192,7 @@ class EgressAddon:
         self.metrics.observe_latency("connect", time.perf_counter() - started)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.guard.head_complete(flow.client_conn)
         started = time.perf_counter()
         try:
             await self._on_request(flow)
@@ -195,19 +218,87 @@ class EgressAddon:
             data.server.error = "egress: internal error"
 
     def client_connected(self, client: connection.Client) -> None:
+        if (refused := self.guard.connected(client)) is not None:
+            client.error = f"egress: {refused}"  # mitmproxy closes it before reading a byte
+            if self.runtime is not None:
+                self._refuse_connection(client, refused, "connection", None, "", 0,
+                                        "too many unauthenticated connections from this address")
         self.connections.connected(client)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self.guard.disconnected(client)
         self.connections.disconnected(client)  # gives its rate-limit slots back
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """egress chooses the layer of every approved tunnel (egress/layers.py)."""
+        client = nextlayer.context.client
+        tunnel = self._tunnels.get(client)
         try:
-            tunnel = self._tunnels.get(nextlayer.context.client)
-            if tunnel is not None and (fast := passthrough_layer(nextlayer, tunnel)) is not None:
-                nextlayer.layer = fast
-        except Exception:  # the slow path (tls_clienthello) still decides correctly
-            log.exception("egress: error in the early passthrough check")
+            chosen = self._layers.choose(nextlayer, tunnel)
+        except Exception:
+            log.exception("egress: error choosing a tunnel's layer; refusing the tunnel")
+            chosen = Refusal(Reason.INTERNAL_ERROR, "tunnel", "internal error") if tunnel else None
+        if chosen == "wait":
+            nextlayer.layer = None  # mitmproxy asks again when more bytes arrive
+            raise AddonHalt  # under mitmdump NextLayer runs after us: it must not guess
+        if isinstance(chosen, Refusal):
+            assert tunnel is not None
+            self._refuse_tunnel(client, tunnel, chosen)
+            nextlayer.layer = ClosingLayer(nextlayer.context)
+        elif chosen is not None:
+            nextlayer.layer = chosen
+            self.guard.layer_chosen(client, self._layers.kind(chosen, client))
         self.connections.next_layer(nextlayer)  # counts the connection's bytes
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.guard.exchange_done(flow.client_conn, upgraded=flow.websocket is not None,
+                                 http2=flow.request.is_http2)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.guard.exchange_done(flow.client_conn, upgraded=False, http2=flow.request.is_http2)
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        """Upstream TLS (egress verifies it on intercepted hosts) failed: one denial line, not
+        an allow. A request in flight gets mitmproxy's 502; later ones egress's 502."""
+        client = data.context.client
+        tunnel = self._tunnels.get(client)
+        if self.runtime is None or (tunnel is not None and tunnel.refused is not None):
+            return
+        skill: str | None
+        if tunnel is not None:
+            tunnel.refused = Reason.UPSTREAM_TLS_FAILED
+            skill, host, port = tunnel.skill, tunnel.host, tunnel.port
+        else:  # `GET https://...` sent to the proxy as plain HTTP
+            address = getattr(data.conn, "address", None)
+            skill, host, port = (self._skills.get(client), str(data.conn.sni or ""),
+                                 int(address[1]) if address else 0)
+        self._refuse_connection(client, Reason.UPSTREAM_TLS_FAILED, "tls", skill, host, port,
+                                f"upstream TLS failed: {str(data.conn.error or '')[:100]}")
+
+    def _describe_peer(self, peername: object) -> tuple[str | None, str, int] | None:
+        """(skill, tunnel host, port) of the open connection from `peername`, if known."""
+        client = self.guard.client_at(peername)
+        if client is None:
+            return None
+        tunnel = self._tunnels.get(client)
+        skill = tunnel.skill if tunnel else self._skills.get(client)
+        return (skill, tunnel.host, tunnel.port) if tunnel else (skill, "", 0)
+
+    def _connection_settings(self) -> ConnectionSettings:
+        return self.runtime.policy.settings.connections if self.runtime else ConnectionSettings()
+
+    def _closed_by_guard(self, client: connection.Client, reason: Reason, detail: str) -> None:
+        tunnel = self._tunnels.get(client)
+        if self.runtime is not None:
+            self._refuse_connection(client, reason, "connection", self._skills.get(client),
+                                    tunnel.host if tunnel else "", tunnel.port if tunnel else 0,
+                                    detail)
+
+    def _refuse_tunnel(self, client: connection.Client, tunnel: Tunnel, refusal: Refusal) -> None:
+        tunnel.refused = refusal.reason  # server_connect refuses any dial for it from now on
+        if self.runtime is not None:
+            self._refuse_connection(client, refusal.reason, refusal.kind, tunnel.skill,
+                                    tunnel.host, tunnel.port, refusal.detail)
 
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""
@@ -266,6 +357,9 @@ class EgressAddon:
             return
         assert self.runtime is not None
         tunnel = self._tunnels.get(flow.client_conn)
+        if flow.error is not None:  # mitmproxy refuses it (invalid request); audit that once
+            self._audit_mitmproxy_refusal(flow, tunnel)
+            return
         if tunnel is not None:
             await self._tunnel_request(flow, tunnel)
             return
@@ -276,6 +370,8 @@ class EgressAddon:
         if admitted is None:
             return
         skill, dest, decision = admitted
+        if self._refuse_protocol_switch(flow, skill, dest, rid, decision):
+            return
         # Plain HTTP never carries a credential: a key bound here needs TLS, one bound
         # elsewhere is exfiltration. Checked before DNS: it needs no address.
         if not await self._broker_credentials(flow, skill, dest, rid, decision, tls=False):
@@ -290,6 +386,8 @@ class EgressAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
             if flow.response is None:
+                return
+            if self._refuse_switch_response(flow):
                 return
             # Stream every response (SSE arrives event by event); one to a request that
             # carried a key streams through the redactor (egress/body_guard.py).
@@ -381,6 +479,49 @@ class EgressAddon:
                 "upstream connection to an address that was not vetted")
 
     # -- steps ---------------------------------------------------------------------------
+    def _refuse_protocol_switch(self, flow: http.HTTPFlow, skill: str, dest: Destination,
+                                rid: str, decision: Decision | None = None) -> bool:
+        """Refuse Upgrade other than WebSocket, and CONNECT-style methods (egress/upgrades.py)."""
+        req = flow.request
+        refused = request_refusal(req.method, list(req.headers.items(multi=True)),
+                                  http2=req.is_http2, websocket_enabled=ctx.options.websocket)
+        if refused is not None:
+            self._refuse(flow, refused[0], skill, dest, "http", rid, decision, detail=refused[1])
+        return refused is not None
+
+    def _refuse_switch_response(self, flow: http.HTTPFlow) -> bool:
+        """An upstream 101 egress did not allow (h2c, ...): kill the flow, audit it."""
+        assert flow.response is not None
+        why = switch_refusal(flow.response.status_code, flow.request.method,
+                             list(flow.request.headers.items(multi=True)),
+                             list(flow.response.headers.items(multi=True)),
+                             http2=flow.request.is_http2)
+        if why is None or self.runtime is None:
+            return False
+        flow.kill()
+        tunnel = self._tunnels.get(flow.client_conn)
+        skill = tunnel.skill if tunnel else self._skills.get(flow.client_conn)
+        dest = Destination(tunnel.host, tunnel.port) if tunnel else requested_destination(flow)
+        self.metrics.decision("deny", Reason.UPGRADE_NOT_ALLOWED, skill, dest.host)
+        self.runtime.record(audit_record(self.runtime.policy.digest, flow, "deny",
+                                         Reason.UPGRADE_NOT_ALLOWED, skill, dest, "http",
+                                         new_request_id(), None, detail=why))
+        return True
+
+    def _audit_mitmproxy_refusal(self, flow: http.HTTPFlow, tunnel: Tunnel | None) -> None:
+        """mitmproxy refused a request it parsed (check_invalid: smuggling-prone headers, a
+        CONNECT inside a tunnel): it answers the client itself; egress writes the audit line."""
+        assert self.runtime is not None and flow.error is not None
+        nested = flow.request.method.upper().startswith("CONNECT")
+        reason = Reason.NESTED_CONNECT if nested else Reason.BAD_REQUEST
+        what = "".join(c for c in flow.error.msg.split(":", 1)[0][:80] if c.isprintable())
+        skill = tunnel.skill if tunnel else self._skills.get(flow.client_conn)
+        dest = Destination(tunnel.host, tunnel.port) if tunnel else requested_destination(flow)
+        self.metrics.decision("deny", reason, skill, dest.host)
+        self.runtime.record(audit_record(self.runtime.policy.digest, flow, "deny", reason, skill,
+                                         dest, "http", new_request_id(), None,
+                                         detail=f"mitmproxy refused the request: {what}"))
+
     def _no_policy(self, flow: http.HTTPFlow) -> bool:
         """Without a loaded policy there is nothing to allow: refuse (and there is no data dir
         to audit to, so the process log says it)."""
@@ -407,6 +548,8 @@ class EgressAddon:
             return None
         dest = Destination(tunnel.host, tunnel.port, flow.request.method,
                            normalise_path(flow.request.path))
+        if self._refuse_protocol_switch(flow, tunnel.skill, dest, rid):
+            return None
         decision = self._judge(flow, tunnel.skill, dest, "http", rid)
         if decision is None:
             return None
@@ -414,6 +557,11 @@ class EgressAddon:
         # certificate mitmproxy verifies (ssl_insecure off): never into a plain tunnel.
         tls = flow.client_conn.tls_established and not ctx.options.ssl_insecure
         if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
+            return None
+        if tunnel.refused is not None:  # its upstream failed TLS verification (audited then)
+            reply = refusal(tunnel.refused, skill=tunnel.skill, host=tunnel.host,
+                            port=tunnel.port, request_id=rid)
+            flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
             return None
         flow.request.stream = self._request_stream(flow, tunnel.skill, dest, decision)  # type: ignore[assignment]
         if flow.metadata.get("egress_credential") is None:
@@ -490,6 +638,7 @@ class EgressAddon:
                          detail=f"claimed skill {skill[:64]!r}")
             return None
         self._skills[flow.client_conn] = skill
+        self.guard.authenticated(flow.client_conn)
         return skill
 
     def _destination(self, flow: http.HTTPFlow, skill: str, kind: str, rid: str) -> Destination | None:

@@ -106,7 +106,17 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
     failing = reloader.failing if reloader is not None else rt.reloads.last_error is not None
     # Every skill of the policy reports 0 rather than vanishing when its last connection closes.
     conns = {"": 0, **dict.fromkeys(rt.policy.skills, 0), **target.open_connections()}
+    c = rt.policy.settings.connections
+    guard = getattr(target, "guard", None)
     return Snapshot(
+        connection_limits={
+            "request_head_timeout_seconds": c.request_head_timeout,
+            "idle_before_auth_seconds": c.idle_before_auth,
+            "idle_timeout_seconds": c.idle_timeout,
+            "clienthello_timeout_seconds": c.clienthello_timeout,
+            "max_unauthenticated_per_address": c.max_unauthenticated_per_address,
+        },
+        unauthenticated_connections=guard.unauthenticated() if guard is not None else None,
         policy_digest=rt.policy.digest, reloads_ok=rt.reloads.ok, reloads_failed=rt.reloads.failed,
         reload_failing=failing, open_connections=conns, secrets=secrets,
         audit_lines=rt.audit.lines_written, audit_write_errors=rt.audit.write_errors,

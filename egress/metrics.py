@@ -107,6 +107,10 @@ class Snapshot:
     audit_folded: int = 0  # denials folded into summary lines by the audit budget
     audit_summaries: int = 0  # summary lines written for them
     token_store_ok: bool = True
+    # settings.connections in force ("request_head_timeout_seconds": 20, ...) and how many
+    # open connections have not authenticated yet.
+    connection_limits: Mapping[str, float] = field(default_factory=dict)
+    unauthenticated_connections: int | None = None
 
 
 class Metrics:
@@ -228,6 +232,16 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
               "there, none written on its own line).", snap.audit_folded)
     yield one("egress_audit_summaries_total", "counter",
               "Summary lines of folded denials written.", snap.audit_summaries)
+    if snap.connection_limits:
+        limits = _Family("egress_connection_limit", "gauge",
+                         "Connection timeouts (seconds) and caps in force (settings.connections); "
+                         "each close they cause is audited with its reason.", ("limit",), 16)
+        limits.values = {(name,): value for name, value in snap.connection_limits.items()}
+        yield limits
+    if snap.unauthenticated_connections is not None:
+        yield one("egress_unauthenticated_connections", "gauge",
+                  "Open client connections that have not authenticated yet (all addresses).",
+                  snap.unauthenticated_connections)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))

@@ -1,29 +1,45 @@
 """Audit requests mitmproxy refused before any egress hook saw them.
 
 Bytes that do not parse as HTTP (garbage, a CONNECT without a port, a bad request line) are
-answered 400 by mitmproxy's HTTP/1 layer, which only *logs* them: no flow, no hook. Every
-refusal must reach the audit log, so this logging handler turns those log lines into audit
-records. Only the kind of error is kept: the raw bytes mitmproxy quotes could hold a token
-or a query string, and they never reach the audit log.
+answered 400 by mitmproxy's HTTP/1 layer, which only *logs* them: no flow, no hook. HTTP/2
+protocol errors inside intercepted tunnels (`:authority` differing from `host`, a malformed
+header block, extended CONNECT) are logged the same way and end the connection. Every refusal
+must reach the audit log, so this logging handler turns those log lines into audit records
+(HTTP/1: bad_request, HTTP/2: protocol_error), with the skill and tunnel host when the log
+line's client connection has one. Only the kind of error is kept: the raw bytes mitmproxy
+quotes could hold a token or a query string, and they never reach the audit log.
+
+One refusal mitmproxy does not even log: an origin-form request without `Host` (it cannot
+tell where to send it and answers 400 itself). `install_hostless_log` makes mitmproxy log it
+in the same "Bad ..." form, so it is audited like the others.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 from egress.audit import AuditRecord
 from egress.reasons import Reason
 
-__all__ = ["ProtocolErrorAudit", "RedactRawBytes"]
+__all__ = ["ProtocolErrorAudit", "RedactRawBytes", "install_hostless_log"]
 
 # "<client address>: <parser error>[: quoted bytes]" from mitmproxy's HTTP/1 read_headers.
 _PARSE_ERROR = re.compile(
     r"^(?P<client>\[?[0-9A-Fa-f:.]+\]?:\d+): (?P<what>(Bad|Invalid|Unknown|Malformed|Unexpected)"
     r"[A-Za-z0-9 /-]{0,60})"
 )
+# "<client address>: <HTTP/2 error>: ..." from mitmproxy's HTTP/2 layer (Http2Connection).
+_H2_ERROR = re.compile(
+    r"^(?P<client>\[?[0-9A-Fa-f:.]+\]?:\d+): (?P<what>HTTP/2 protocol error|Invalid HTTP/2 "
+    r"request headers|Received HTTP/2 data frame, expected headers)"
+)
 _INCOMPLETE = "Client closed connection before completing request headers"
+HOSTLESS = "Bad request without Host header and in origin-form (destination unknown)"
+# (skill, host, port) of the connection a log line is about, when egress knows it.
+Describe = Callable[[Any], tuple[str | None, str, int] | None]
 # A Python bytes repr, as mitmproxy quotes raw request data in these log lines.
 _BYTES_REPR = re.compile(r"""b(?:'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)""", re.DOTALL)
 
@@ -45,25 +61,35 @@ class RedactRawBytes(logging.Filter):
 
 
 class ProtocolErrorAudit(logging.Handler):
-    def __init__(self, record: Callable[[AuditRecord], None], policy_digest: Callable[[], str]) -> None:
+    def __init__(self, record: Callable[[AuditRecord], None], policy_digest: Callable[[], str],
+                 describe: Describe | None = None) -> None:
         super().__init__(level=logging.INFO)
         self._record = record
         self._digest = policy_digest
+        self._describe = describe
 
     def emit(self, log_record: logging.LogRecord) -> None:
         try:
             message = log_record.getMessage()
             client: str | None = None
+            reason = Reason.BAD_REQUEST
             if message.startswith(_INCOMPLETE):
-                what = "client closed the connection before completing request headers"
+                detail = "unparsable request: client closed the connection before completing " \
+                         "request headers"
+            elif (h2 := _H2_ERROR.match(message)) is not None:
+                client, reason = h2["client"], Reason.PROTOCOL_ERROR
+                detail = h2["what"]
             else:
                 match = _PARSE_ERROR.match(message)
                 if match is None:
                     return
-                client, what = match["client"], match["what"].strip()
+                client = match["client"]
+                detail = f"unparsable request: {match['what'].strip()}"
+            known = self._describe(getattr(log_record, "client", None)) if self._describe else None
+            skill, host, port = known if known is not None else (None, "", 0)
             self._record(AuditRecord(
-                decision="deny", reason=Reason.BAD_REQUEST, kind="http", host="", port=0,
-                client=client, policy=self._digest(), detail=f"unparsable request: {what}",
+                decision="deny", reason=reason, kind="http", host=host, port=port, skill=skill,
+                client=client, policy=self._digest(), detail=detail,
             ))
         except Exception:  # a logging handler must never raise into mitmproxy
             self.handleError(log_record)
@@ -76,3 +102,33 @@ class ProtocolErrorAudit(logging.Handler):
 
     def uninstall(self) -> None:
         logging.getLogger("mitmproxy.proxy.server").removeHandler(self)
+
+
+def install_hostless_log() -> None:
+    """Make mitmproxy log the 400 it sends for an origin-form request without `Host`.
+
+    mitmproxy answers it from HttpStream (ErrorCode.DESTINATION_UNKNOWN) without a hook or a
+    log line. This wraps the private `_http1.Http1Server.send` to add one log line in the
+    "Bad ..." form ProtocolErrorAudit audits; the reply itself is unchanged. Refuses loudly if
+    mitmproxy's shape changed (the test suite runs it against the installed mitmproxy).
+    """
+    from mitmproxy.proxy import commands
+    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+    from mitmproxy.utils import human
+
+    server = _http1.Http1Server
+    original = server.send
+    if getattr(original, "_egress_hostless", False):
+        return
+    if not hasattr(ErrorCode, "DESTINATION_UNKNOWN"):
+        raise RuntimeError("this mitmproxy version has no ErrorCode.DESTINATION_UNKNOWN")
+
+    def send(self: Any, event: Any) -> Generator[Any, Any, None]:
+        if (isinstance(event, ResponseProtocolError)
+                and event.code is ErrorCode.DESTINATION_UNKNOWN):
+            yield commands.Log(f"{human.format_address(self.conn.peername)}: {HOSTLESS}")
+        yield from original(self, event)
+
+    send._egress_hostless = True  # type: ignore[attr-defined]
+    server.send = send  # type: ignore[method-assign]

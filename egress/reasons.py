@@ -32,6 +32,17 @@ class Reason(StrEnum):
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     INTERNAL_ERROR = "internal_error"
     RESPONSE_UNREADABLE = "response_unreadable"
+    # The protocol envelope: what a connection may carry, and how long it may take.
+    PROTOCOL_NOT_ALLOWED = "protocol_not_allowed"
+    PROTOCOL_ERROR = "protocol_error"
+    UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
+    NESTED_CONNECT = "nested_connect"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"
+    CLIENTHELLO_TIMEOUT = "clienthello_timeout"
+    REQUEST_HEAD_TIMEOUT = "request_head_timeout"
+    AUTH_TIMEOUT = "auth_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    UNAUTHENTICATED_LIMIT = "unauthenticated_limit"
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
@@ -70,6 +81,38 @@ _WHY: dict[Reason, str] = {
         "The response to a request carrying a brokered credential was compressed or encoded, "
         "so egress could not check it for the credential; it was not delivered."
     ),
+    Reason.PROTOCOL_NOT_ALLOWED: (
+        "The tunnel carried a protocol egress does not relay: inside CONNECT only TLS or "
+        "HTTP/1 (raw TCP only where a rule says raw_tcp), inside intercepted TLS only HTTP/1.1, "
+        "HTTP/2 and WebSocket."
+    ),
+    Reason.PROTOCOL_ERROR: (
+        "The connection broke the HTTP protocol (a malformed or contradictory HTTP/2 request), "
+        "so it was closed."
+    ),
+    Reason.UPGRADE_NOT_ALLOWED: (
+        "The request asked to switch protocols; egress only allows WebSocket upgrades "
+        "(no h2c or other upgrades)."
+    ),
+    Reason.NESTED_CONNECT: "A CONNECT request inside a tunnel would open a tunnel egress cannot see into.",
+    Reason.UPSTREAM_TLS_FAILED: (
+        "The destination's TLS certificate could not be verified, so egress did not talk to it."
+    ),
+    Reason.CLIENTHELLO_TIMEOUT: (
+        "The tunnel's first bytes did not complete a TLS ClientHello in time, so it was closed."
+    ),
+    Reason.REQUEST_HEAD_TIMEOUT: (
+        "The request head (request line and headers) did not arrive in time, so the connection "
+        "was closed."
+    ),
+    Reason.AUTH_TIMEOUT: (
+        "The connection stayed idle without authenticating, so it was closed."
+    ),
+    Reason.IDLE_TIMEOUT: "The connection carried no data for too long, so it was closed.",
+    Reason.UNAUTHENTICATED_LIMIT: (
+        "Too many connections from this address had not authenticated yet; this one was "
+        "refused."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -80,6 +123,15 @@ _WHAT_TO_DO: dict[Reason, str] = {
     Reason.CREDENTIAL_UNAVAILABLE: "Retrying later may help; the operator has been told.",
     Reason.RATE_LIMITED: "Slow down and retry later.",
     Reason.INTERNAL_ERROR: "Retrying may help; the operator can find the error in egress's log.",
+    Reason.UPSTREAM_TLS_FAILED: (
+        "The destination may be misconfigured or impersonated; the operator can add its CA "
+        "with settings.upstream_ca if it is a private one."
+    ),
+    Reason.CLIENTHELLO_TIMEOUT: "Send the whole request promptly; reconnecting may help.",
+    Reason.REQUEST_HEAD_TIMEOUT: "Send the whole request promptly; reconnecting may help.",
+    Reason.AUTH_TIMEOUT: "Send the request with proxy credentials right after connecting.",
+    Reason.IDLE_TIMEOUT: "Reconnecting will work; keep-alive pools should expect this.",
+    Reason.UNAUTHENTICATED_LIMIT: "Authenticate on each connection right away; retry later.",
 }
 
 _DEFAULT_TO_DO = (

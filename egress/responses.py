@@ -24,6 +24,13 @@ _STATUS: dict[Reason, int] = {
     Reason.BAD_REQUEST: 400,
     Reason.INTERNAL_ERROR: 500,
     Reason.RESPONSE_UNREADABLE: 502,  # (audited; the flow is killed, no reply is built)
+    Reason.UPSTREAM_TLS_FAILED: 502,
+    Reason.PROTOCOL_ERROR: 400,
+    Reason.REQUEST_HEAD_TIMEOUT: 408,
+    Reason.CLIENTHELLO_TIMEOUT: 408,
+    Reason.AUTH_TIMEOUT: 408,
+    Reason.IDLE_TIMEOUT: 408,
+    Reason.UNAUTHENTICATED_LIMIT: 429,
 }
 
 

@@ -134,10 +134,11 @@ async def _serve_connection(rec: RecordingUpstream, reader: asyncio.StreamReader
 
 @contextmanager
 def recording_upstream(host: str = "127.0.0.2", *, ca: trustme.CA | None = None,
-                       names: list[str] | None = None, upgrade: bool = False
-                       ) -> Iterator[RecordingUpstream]:
+                       names: list[str] | None = None, upgrade: bool = False,
+                       alpn: tuple[str, ...] = ("http/1.1",)) -> Iterator[RecordingUpstream]:
     """Run a RecordingUpstream on host:free-port in a background thread (TLS when `ca` given,
-    with one certificate for all `names`, ALPN http/1.1 only)."""
+    with one certificate for all `names`, ALPN `alpn`: offering h2 makes clients of an
+    intercepting proxy get h2 too, though the recorder itself only answers HTTP/1)."""
     port = free_port(host)
     rec = RecordingUpstream(host, port, ca is not None)
     writers: set[asyncio.StreamWriter] = set()
@@ -145,7 +146,7 @@ def recording_upstream(host: str = "127.0.0.2", *, ca: trustme.CA | None = None,
     if ca is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert(*(names or ["localhost"])).configure_cert(context)
-        context.set_alpn_protocols(["http/1.1"])
+        context.set_alpn_protocols(list(alpn))
 
         def remember_sni(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
             sock.egress_test_sni = name  # type: ignore[attr-defined]

@@ -92,6 +92,7 @@ def build_master(policies: Path, data: Path, host: str, port: int, *,
                  EgressAddon(preloaded=(str(policies), policy) if policy else None))
     opts.update(
         connection_strategy="lazy",
+        rawtcp=False,  # no raw relay on mitmproxy's guess (egress/layers.py decides tunnels)
         egress_policies=str(policies), egress_data_dir=str(data), egress_audit=audit or "",
         # Large bodies stream instead of being held in memory (uploads, downloads, SSE).
         stream_large_bodies="256k",

@@ -40,6 +40,8 @@ class Decision:
     reason: Reason
     rule: Rule | None = None  # the rule that allowed it (or, for a denial, the nearest one)
     intercept: bool = False  # CONNECT time: some rule for this host looks inside requests
+    # CONNECT time: a rule for this host and port allows raw TCP, and none looks inside.
+    raw_tcp: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -66,7 +68,8 @@ def _match(rules: tuple[Rule, ...], dest: Destination) -> Decision:
         return Decision(Verdict.DENY, Reason.PORT_NOT_ALLOWED, rules[0])
     if dest.method is None:
         intercept = any(r.needs_interception for r in on_port)
-        return Decision(Verdict.ALLOW, Reason.ALLOWED, on_port[0], intercept)
+        raw_tcp = not intercept and any(r.raw_tcp for r in on_port)
+        return Decision(Verdict.ALLOW, Reason.ALLOWED, on_port[0], intercept, raw_tcp)
 
     by_method = [r for r in on_port if r.methods is None or dest.method in r.methods]
     if not by_method:

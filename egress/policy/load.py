@@ -37,7 +37,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
 _TOP_KEYS = ("settings", "skills")
 _SKILL_KEYS = ("mode", "description", "allow", "credentials", "limits")
-_RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits")
+_RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits", "raw_tcp")
 _LIMIT_KEYS = ("requests_per_minute", "concurrent_connections")
 _CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder")
 
@@ -224,6 +224,7 @@ class _Builder(SettingsReader):
         limits = None
         if "limits" in fields:
             limits = self.limits(file, f"{field}.limits", fields["limits"][1])
+        raw_tcp = self.raw_tcp(file, field, fields)
         if pattern is None or len(self.errors) != before:
             return None
         return Rule(
@@ -232,7 +233,25 @@ class _Builder(SettingsReader):
             methods=frozenset(methods) if methods is not None else None,
             paths=tuple(paths) if paths is not None else None,
             credential=credential, source=Source(file, node.start_mark.line + 1),
+            raw_tcp=raw_tcp,
         )
+
+    def raw_tcp(self, file: str, field: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> bool:
+        """`raw_tcp: true`: bytes that are neither TLS nor HTTP/1 may cross the tunnel. Such a
+        relay cannot be looked into, so it cannot go with methods, paths or a credential."""
+        if "raw_tcp" not in fields:
+            return False
+        node = fields["raw_tcp"][1]
+        value = self.scalar(file, node, f"{field}.raw_tcp", bool, "true or false")
+        if not value:
+            return False
+        looks_inside = [k for k in ("methods", "paths", "credential") if k in fields]
+        if looks_inside:
+            self.error(file, node, f"{field}.raw_tcp",
+                       f"cannot be combined with {', '.join(looks_inside)}: egress cannot look "
+                       f"inside a raw TCP relay; drop raw_tcp, or drop "
+                       f"{', '.join(looks_inside)} from this rule")
+        return True
 
     def credential(
         self, file: str, field: str, name: str, key_node: yaml.Node, node: yaml.Node

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditSettings",
+    "ConnectionSettings",
     "Credential",
     "DnsSettings",
     "HostIndex",
@@ -75,6 +76,7 @@ class Rule:
     credential: str | None
     source: Source
     limits: Limits | None = None  # on top of the skill's limits
+    raw_tcp: bool = False  # bytes inside a CONNECT that are neither TLS nor HTTP/1 may pass
 
     @property
     def needs_interception(self) -> bool:
@@ -172,11 +174,23 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ConnectionSettings:
+    """Timeouts and caps on client connections (seconds; the cap is a connection count)."""
+
+    request_head_timeout: float = 20.0  # first byte of a request head to its blank line
+    idle_before_auth: float = 30.0  # no data on a connection that has not authenticated
+    idle_timeout: float = 300.0  # no data either way on an authenticated connection
+    clienthello_timeout: float = 10.0  # a tunnel's first bytes to a complete ClientHello
+    max_unauthenticated_per_address: int = 256  # open, not yet authenticated, per client IP
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode = Mode.ENFORCE  # default for skills that do not set `mode`
     dns: DnsSettings = DnsSettings()
     networks: NetworkSettings = NetworkSettings()
     audit: AuditSettings = AuditSettings()
+    connections: ConnectionSettings = ConnectionSettings()
     upstream_ca: str | None = None  # absolute path of extra CAs for upstream TLS
     secrets: SecretSettings | None = None
     source: Source | None = None

@@ -10,6 +10,7 @@ import yaml
 
 from egress.policy.model import (
     AuditSettings,
+    ConnectionSettings,
     DnsSettings,
     IPNetwork,
     Mode,
@@ -24,7 +25,15 @@ __all__ = ["SettingsReader", "parse_mode"]
 
 _AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age", "budget", "budget_interval",
                "budget_distinct")
-_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "upstream_ca", "secrets")
+_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "connections", "upstream_ca", "secrets")
+# settings.connections: key -> (lowest, highest) allowed, seconds (the cap: a count).
+_CONNECTION_TIMEOUTS = {
+    "request_head_timeout": (1.0, 3600.0),
+    "idle_before_auth": (1.0, 3600.0),
+    "idle_timeout": (1.0, 7 * 86400.0),
+    "clienthello_timeout": (1.0, 600.0),
+}
+_CONNECTION_KEYS = (*_CONNECTION_TIMEOUTS, "max_unauthenticated_per_address")
 
 
 class SettingsReader(NodeReader):
@@ -57,6 +66,9 @@ class SettingsReader(NodeReader):
         audit = AuditSettings()
         if "audit" in fields:
             audit = self.audit_settings(file, fields["audit"][1])
+        connections = ConnectionSettings()
+        if "connections" in fields:
+            connections = self.connection_settings(file, fields["connections"][1])
         upstream_ca = None
         if "upstream_ca" in fields:
             ca = self.scalar(file, fields["upstream_ca"][1], "settings.upstream_ca", str,
@@ -71,7 +83,8 @@ class SettingsReader(NodeReader):
         if "secrets" in fields:
             secrets = self.secret_settings(file, fields["secrets"][1])
         self.settings = Settings(
-            mode=mode, dns=dns, networks=networks, audit=audit, upstream_ca=upstream_ca,
+            mode=mode, dns=dns, networks=networks, audit=audit, connections=connections,
+            upstream_ca=upstream_ca,
             secrets=secrets, source=Source(file, key_node.start_mark.line + 1),
         )
 
@@ -146,6 +159,36 @@ class SettingsReader(NodeReader):
             budget=counts.get("budget", out.budget),
             budget_interval=interval if interval is not None else out.budget_interval,
             budget_distinct=counts.get("budget_distinct", out.budget_distinct),
+        )
+
+    def connection_settings(self, file: str, node: yaml.Node) -> ConnectionSettings:
+        fields = self.mapping(file, node, "settings.connections", _CONNECTION_KEYS) or {}
+        values: dict[str, float] = {}
+        for key, (low, high) in _CONNECTION_TIMEOUTS.items():
+            seconds = self.parsed_unit(file, fields, key, parse_duration,
+                                       "a duration such as 30s or 5m", "settings.connections")
+            if seconds is not None and not low <= seconds <= high:
+                self.error(file, fields[key][1], f"settings.connections.{key}",
+                           f"must be between {low:g}s and {high:g}s")
+            elif seconds is not None:
+                values[key] = seconds
+        cap = None
+        if "max_unauthenticated_per_address" in fields:
+            where = "settings.connections.max_unauthenticated_per_address"
+            cap = self.scalar(file, fields["max_unauthenticated_per_address"][1], where, int,
+                              "a whole number")
+            if cap is not None and not 1 <= cap <= 1_000_000:
+                self.error(file, fields["max_unauthenticated_per_address"][1], where,
+                           "must be between 1 and 1000000")
+                cap = None
+        default = ConnectionSettings()
+        return ConnectionSettings(
+            request_head_timeout=values.get("request_head_timeout", default.request_head_timeout),
+            idle_before_auth=values.get("idle_before_auth", default.idle_before_auth),
+            idle_timeout=values.get("idle_timeout", default.idle_timeout),
+            clienthello_timeout=values.get("clienthello_timeout", default.clienthello_timeout),
+            max_unauthenticated_per_address=(
+                cap if cap is not None else default.max_unauthenticated_per_address),
         )
 
     def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:

@@ -37,7 +37,8 @@ def rule_yaml(entry: str) -> str:
     return f"skills:\n  s:\n    allow:\n      - {body}\n"
 
 
-_UNKNOWN_RULE_KEY = "unknown key; expected one of: host, ports, methods, paths, credential, limits"
+_UNKNOWN_RULE_KEY = ("unknown key; expected one of: host, ports, methods, paths, credential, limits, "
+                     "raw_tcp")
 _STAR_LABEL = "'*' is only allowed as the whole first label, as in *.example.com"
 _NOT_HOST = ("is not a host name; write only the host (ports go in `ports:`, "
              "paths in `paths:`)")
@@ -66,7 +67,7 @@ SINGLE_FILE_CASES = [
                  "expected one of: secret, header, format, placeholder",
                  id="unknown credential key"),
     pytest.param("settings:\n  modes: report\n", "p.yaml:2: settings.modes: unknown key; "
-                 "expected one of: mode, dns, networks, audit, upstream_ca, secrets",
+                 "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets",
                  id="unknown settings key"),
     pytest.param("settings:\n  dns:\n    servers: []\n", "p.yaml:3: settings.dns.servers: "
                  "unknown key; expected one of: nameservers, timeout, min_ttl, max_ttl",
