@@ -31,6 +31,10 @@ class Reason(StrEnum):
     NO_POLICY = "no_policy"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     INTERNAL_ERROR = "internal_error"
+    BAD_REQUEST_TARGET = "bad_request_target"
+    BAD_HEADER = "bad_header"
+    PATH_NOT_CANONICAL = "path_not_canonical"
+    WEBSOCKET_MESSAGE_TOO_BIG = "websocket_message_too_big"
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
@@ -65,6 +69,23 @@ _WHY: dict[Reason, str] = {
     Reason.NO_POLICY: "egress has no valid policy loaded, so every request is refused.",
     Reason.UPSTREAM_UNREACHABLE: "egress could not connect to the destination.",
     Reason.INTERNAL_ERROR: "egress hit an internal error and refused the request to stay safe.",
+    Reason.BAD_REQUEST_TARGET: (
+        "The request target is not a plain path egress can judge: it must start with '/' "
+        "and hold no fragment ('#'), space or control character."
+    ),
+    Reason.BAD_HEADER: (
+        "A request header holds bytes HTTP forbids (CR, LF, NUL or another control "
+        "character, or obsolete line folding), or the Host header is repeated."
+    ),
+    Reason.PATH_NOT_CANONICAL: (
+        "The request path is not spelt plainly, and this host's rules judge paths: "
+        "'.' or '..' segments, empty segments ('//'), backslashes, ';' and percent-escapes "
+        "of letters, digits, '-._~', '/', '\\' or '%' are refused, never resolved."
+    ),
+    Reason.WEBSOCKET_MESSAGE_TOO_BIG: (
+        "A WebSocket message was larger than egress relays (settings.websocket.max_message); "
+        "the connection was closed with code 1009."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -75,6 +96,16 @@ _WHAT_TO_DO: dict[Reason, str] = {
     Reason.CREDENTIAL_UNAVAILABLE: "Retrying later may help; the operator has been told.",
     Reason.RATE_LIMITED: "Slow down and retry later.",
     Reason.INTERNAL_ERROR: "Retrying may help; the operator can find the error in egress's log.",
+    Reason.PATH_NOT_CANONICAL: (
+        "Send the path in its plain form (no dot segments, no '//', letters and digits "
+        "unescaped); the same spelling will be refused again."
+    ),
+    Reason.BAD_HEADER: "Remove the control characters from the header; the same request will be "
+                       "refused again.",
+    Reason.BAD_REQUEST_TARGET: "Send an origin-form path without a fragment; the same request "
+                               "will be refused again.",
+    Reason.WEBSOCKET_MESSAGE_TOO_BIG: "Send smaller messages, or ask the operator to raise "
+                                      "settings.websocket.max_message.",
 }
 
 _DEFAULT_TO_DO = (
