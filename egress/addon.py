@@ -29,7 +29,6 @@ from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
     audit_record,
-    host_and_port,
     is_host_name,
     listen_addresses,
     peer_address,
@@ -40,11 +39,12 @@ from egress.inject import redact
 from egress.metrics import Metrics
 from egress.netguard import Blocked, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
-from egress.policy.match import normalise_host, normalise_path
+from egress.policy.match import normalise_host
 from egress.policy.model import Mode, PolicySet
 from egress.protocol_audit import ProtocolErrorAudit
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
+from egress.requestcheck import check_head, judged_path, read_head
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir
 from egress.secrets import Secret
@@ -327,14 +327,16 @@ class EgressAddon:
         assert self.runtime is not None
         flow.request.headers.pop("Proxy-Authorization", None)
         rid = new_request_id()
-        header = flow.request.host_header or ""
-        if host_and_port(header, tunnel.port) != (tunnel.host, tunnel.port):
-            self._refuse(flow, Reason.HOST_MISMATCH, tunnel.skill,
-                         Destination(tunnel.host, tunnel.port), "http", rid,
-                         detail=f"Host {header[:100]!r} differs from CONNECT host")
+        head = read_head(flow.request)
+        problem = check_head(head, tunnel.host, tunnel.port, require_host=True)
+        if problem is not None:
+            self._refuse(flow, problem.reason, tunnel.skill, Destination(tunnel.host, tunnel.port),
+                         "http", rid, detail=problem.detail)
             return None
+        if head.authority and not head.http2:
+            flow.request.authority = ""  # absolute-form naming the CONNECT host: forward origin-form
         dest = Destination(tunnel.host, tunnel.port, flow.request.method,
-                           normalise_path(flow.request.path))
+                           judged_path(flow.request.path))
         decision = self._judge(flow, tunnel.skill, dest, "http", rid)
         if decision is None:
             return None
@@ -397,7 +399,8 @@ class EgressAddon:
         assert self.runtime is not None
         decision = decide(self.runtime.policy, skill, dest)
         if not decision.allowed:
-            self._refuse(flow, decision.reason, skill, dest, kind, rid, decision)
+            self._refuse(flow, decision.reason, skill, dest, kind, rid, decision,
+                         detail=decision.detail)
             return None
         return self._limit(flow, skill, dest, kind, rid, decision)
 
@@ -428,14 +431,15 @@ class EgressAddon:
             self._refuse(flow, Reason.BAD_REQUEST, skill, raw, kind, rid, detail=f"host: {exc}")
             return None
         if kind == "http":
-            # Plain HTTP: the absolute-form URI and the Host header must name one destination.
-            header = flow.request.headers.get("Host")
-            if header is not None and host_and_port(header, flow.request.port) != (host, flow.request.port):
-                self._refuse(flow, Reason.HOST_MISMATCH, skill, Destination(host, flow.request.port),
-                             kind, rid, detail=f"Host header {header[:100]!r} differs from URI")
+            # Plain HTTP: header bytes, an origin-form target, one Host naming the URI's host.
+            problem = check_head(read_head(flow.request), host, flow.request.port,
+                                 require_host=False)
+            if problem is not None:
+                self._refuse(flow, problem.reason, skill, Destination(host, flow.request.port),
+                             kind, rid, detail=problem.detail)
                 return None
             return Destination(host, flow.request.port, flow.request.method,
-                               normalise_path(flow.request.path))
+                               judged_path(flow.request.path))
         return Destination(host, flow.request.port)
 
     async def _vet(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
@@ -500,4 +504,4 @@ class EgressAddon:
         if decision.verdict is Verdict.REPORT or self.runtime.policy.settings.audit.log_allowed:
             self.runtime.record(audit_record(
                 self.runtime.policy.digest, flow, str(decision.verdict), decision.reason, skill,
-                dest, kind, rid, decision, resolved=resolved))
+                dest, kind, rid, decision, resolved=resolved, detail=decision.detail))
