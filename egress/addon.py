@@ -23,7 +23,7 @@ from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
-from egress import header_limit
+from egress import connclose, header_limit, websocket
 from egress.audit import AuditRecord, new_request_id
 from egress.brokerage import Brokerage, Injected, Refused
 from egress.errors import PolicyErrors
@@ -50,6 +50,7 @@ from egress.runtime import Runtime, default_data_dir
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
 from egress.tunnels import Tunnel, passthrough_layer, sni_matches
+from egress.websocket import WebSocketGuard
 
 __all__ = ["EgressAddon"]
 
@@ -78,10 +79,14 @@ class EgressAddon:
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.connections = ConnectionTracker(self.metrics, self.limiter, self._skills.get)
+        self._websockets = WebSocketGuard(lambda: self.runtime, self._brokerage.known,
+                                          self.metrics)
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
         header_limit.install()
+        websocket.install()  # messages stream (not retained), capped, checked for keys
+        connclose.install()  # a connection egress closes is closed, socket and all
         loader.add_option("egress_policies", str, "",
                           "Directory of egress policy YAML files (required).")
         loader.add_option("egress_data_dir", str, "",
@@ -191,6 +196,19 @@ class EgressAddon:
             log.exception("egress: error in the early passthrough check")
         self.connections.next_layer(nextlayer)  # counts the connection's bytes
 
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        self._websockets.start(flow)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._websockets.message(flow)
+        except Exception:  # a bug must not let a message through: drop it, close, audit
+            log.exception("egress: error checking a WebSocket message; closing the connection")
+            WebSocketGuard.fail_closed(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._websockets.end(flow)  # audits a connection egress closed
+
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""
         return self.connections.open_by_skill()
@@ -267,6 +285,7 @@ class EgressAddon:
             return
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
         flow.request.stream = True  # bodies are never inspected: stream, constant memory
+        self._websockets.admitted(flow, skill, dest, tls=False)
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -346,6 +365,7 @@ class EgressAddon:
         if not await self._broker_credentials(flow, tunnel.skill, dest, rid, decision, tls=tls):
             return None
         flow.request.stream = True
+        self._websockets.admitted(flow, tunnel.skill, dest, tls=tls)
         if flow.metadata.get("egress_credential") is None:
             self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
         else:

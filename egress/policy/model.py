@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "SkillPolicy",
     "Source",
+    "WebSocketSettings",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -167,11 +168,19 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class WebSocketSettings:
+    # A larger WebSocket message, even one still arriving in fragments, closes the connection
+    # with 1009: mitmproxy holds a whole message in memory before relaying it.
+    max_message: int = 4 * 2**20
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode = Mode.ENFORCE  # default for skills that do not set `mode`
     dns: DnsSettings = DnsSettings()
     networks: NetworkSettings = NetworkSettings()
     audit: AuditSettings = AuditSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     upstream_ca: str | None = None  # absolute path of extra CAs for upstream TLS
     secrets: SecretSettings | None = None
     source: Source | None = None
