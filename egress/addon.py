@@ -354,7 +354,7 @@ class EgressAddon:
             return None
         if head.authority and not head.http2:
             flow.request.authority = ""  # absolute-form naming the CONNECT host: forward origin-form
-        dest = Destination(tunnel.host, tunnel.port, flow.request.method,
+        dest = Destination(tunnel.host, tunnel.port, head.method,
                            judged_path(flow.request.path))
         decision = self._judge(flow, tunnel.skill, dest, "http", rid)
         if decision is None:
@@ -452,13 +452,13 @@ class EgressAddon:
             return None
         if kind == "http":
             # Plain HTTP: header bytes, an origin-form target, one Host naming the URI's host.
-            problem = check_head(read_head(flow.request), host, flow.request.port,
-                                 require_host=False)
+            head = read_head(flow.request)
+            problem = check_head(head, host, flow.request.port, require_host=False)
             if problem is not None:
                 self._refuse(flow, problem.reason, skill, Destination(host, flow.request.port),
                              kind, rid, detail=problem.detail)
                 return None
-            return Destination(host, flow.request.port, flow.request.method,
+            return Destination(host, flow.request.port, head.method,
                                judged_path(flow.request.path))
         return Destination(host, flow.request.port)
 

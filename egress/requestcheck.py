@@ -3,6 +3,9 @@
 Every request egress judges (plain HTTP and inside tunnels, HTTP/1.1 and HTTP/2) passes these
 checks first, so that what the policy judges is byte for byte what is forwarded:
 
+  * the method     a token, judged exactly as sent: methods are case-sensitive (RFC 9110
+                   9.1), and mitmproxy's `request.method` upper-cases, so `get` was judged as
+                   `GET` and forwarded as `get`.
   * header bytes   names are tokens; values hold no CR, LF, NUL or other control character
                    (HTAB aside). A lone CR is a line end to some upstreams, so
                    `X-A: a\\rTransfer-Encoding: chunked` would be a header egress never judged;
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
 __all__ = ["Problem", "RequestHead", "authority_problem", "check_head", "header_problem",
-           "judged_path", "read_head", "target_problem"]
+           "judged_path", "method_problem", "read_head", "target_problem"]
 
 # RFC 9110 5.6.2 tchar
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -51,7 +54,7 @@ class Problem:
 class RequestHead:
     """What egress reads of a request head, as received."""
 
-    method: str
+    method: str  # as received (mitmproxy's request.method is upper-cased)
     target: bytes  # HTTP/1 origin-form path and query (absolute-form: the part after the
     #                authority), or the HTTP/2 :path
     authority: str  # HTTP/1 absolute-form authority or the HTTP/2 :authority; "" if none
@@ -64,7 +67,7 @@ def read_head(request: http.Request) -> RequestHead:
     """The request head as mitmproxy parsed it (called in `requestheaders`, before any change)."""
     http2 = request.is_http2 or request.is_http3
     return RequestHead(
-        method=request.method, target=request.data.path, authority=request.authority,
+        method=request.data.method.decode("latin-1"), target=request.data.path, authority=request.authority,
         hosts=tuple(request.headers.get_all("Host")), fields=request.headers.fields, http2=http2)
 
 
@@ -87,6 +90,12 @@ def _what_control(value: bytes) -> str:
     if b"\x00" in value:
         return "NUL in the value"
     return "control character in the value"
+
+
+def method_problem(method: str) -> Problem | None:
+    if not method or any(ord(c) > 0x7F or ord(c) not in _TOKEN for c in method):
+        return Problem(Reason.BAD_REQUEST, f"method {ascii(method[:16])} is not a token")
+    return None
 
 
 def target_problem(method: str, target: bytes) -> Problem | None:
@@ -114,7 +123,9 @@ def authority_problem(head: RequestHead, host: str, port: int, *,
     if head.authority:
         named.append((":authority" if head.http2 else "request target authority",
                       head.authority))
-    if not named and require_host:
+    # HTTP/1.1 needs Host (RFC 9112 3.2), also beside an absolute-form target, which egress
+    # forwards in origin-form; HTTP/2 may carry :authority alone.
+    if require_host and not head.hosts and not (head.http2 and head.authority):
         return Problem(Reason.HOST_MISMATCH, "no Host header")
     for what, value in named:
         if host_and_port(value, port) != (host, port):
@@ -124,9 +135,10 @@ def authority_problem(head: RequestHead, host: str, port: int, *,
 
 
 def check_head(head: RequestHead, host: str, port: int, *, require_host: bool) -> Problem | None:
-    """The first problem of a request head to (host, port), or None: header bytes, then the
-    target, then the authority."""
-    return (header_problem(head.fields) or target_problem(head.method, head.target)
+    """The first problem of a request head to (host, port), or None: the method, header
+    bytes, the target, then the authority."""
+    return (method_problem(head.method) or header_problem(head.fields)
+            or target_problem(head.method, head.target)
             or authority_problem(head, host, port, require_host=require_host))
 
 

@@ -104,9 +104,11 @@ async def _serve(rec: H2RecordingUpstream, reader: asyncio.StreamReader,
 def _answer(conn: h2.connection.H2Connection, stream_id: int, req: H2Request) -> None:
     try:
         body = json.dumps({"path": (req.pseudo(":path") or b"").decode("latin-1")}).encode()
+        head = req.pseudo(":method") == b"HEAD"
         conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json"),
-                                      ("content-length", str(len(body)))])
-        conn.send_data(stream_id, body, end_stream=True)
+                                      ("content-length", str(len(body)))], end_stream=head)
+        if not head:
+            conn.send_data(stream_id, body, end_stream=True)
     except h2.exceptions.H2Error:
         pass  # the stream was reset meanwhile
 

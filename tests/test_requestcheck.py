@@ -11,6 +11,7 @@ from egress.requestcheck import (
     check_head,
     header_problem,
     judged_path,
+    method_problem,
     target_problem,
 )
 
@@ -106,6 +107,8 @@ def head(hosts: tuple[str, ...] = ("api.test:8443",), authority: str = "", *,
                  id="two Host headers"),
     pytest.param(head(()), True, MISMATCH, "no Host header", id="no Host in a tunnel"),
     pytest.param(head(()), False, None, None, id="no Host on plain HTTP (the URI names the host)"),
+    pytest.param(head((), authority="api.test:8443"), True, MISMATCH, "no Host header",
+                 id="absolute-form without Host in a tunnel (forwarded origin-form: no host)"),
     pytest.param(head(authority="api.test:8443"), True, None, None,
                  id="absolute-form naming the destination"),
     pytest.param(head(authority="other.test:8443"), True, MISMATCH,
@@ -140,3 +143,19 @@ def test_check_head_reports_header_bytes_before_the_target_and_the_authority() -
 ])
 def test_judged_path_is_the_forwarded_path_without_query(target: str, path: str) -> None:
     assert judged_path(target) == path
+
+
+@pytest.mark.parametrize("method, bad", [
+    pytest.param("GET", False, id="GET"),
+    pytest.param("get", False, id="lowercase is a token (and a different method)"),
+    pytest.param("X-CUSTOM_1", False, id="extension method"),
+    pytest.param("", True, id="empty"),
+    pytest.param("G\x00ET", True, id="NUL"),
+    pytest.param("GE(T", True, id="separator"),
+    pytest.param("G\u00c9T", True, id="non-ASCII"),
+])
+def test_method_problem(method: str, bad: bool) -> None:
+    problem = method_problem(method)
+    assert (problem is not None) is bad
+    if problem is not None:
+        assert problem.reason is Reason.BAD_REQUEST and "is not a token" in problem.detail

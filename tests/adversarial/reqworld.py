@@ -89,7 +89,7 @@ class ReqWorld:
 
 
 @contextmanager
-def req_world(tmp: Path, test_ca: TestCA) -> Iterator[ReqWorld]:
+def req_world(tmp: Path, test_ca: TestCA, *, log_allowed: bool = False) -> Iterator[ReqWorld]:
     key_file = tmp / "key"
     key_file.write_text(REAL_KEY + "\n")
     key_file.chmod(0o600)
@@ -107,6 +107,7 @@ def req_world(tmp: Path, test_ca: TestCA) -> Iterator[ReqWorld]:
               dns: {{nameservers: ["{dns.address}"], timeout: 2}}
               networks: {{allow: ["{UPSTREAM_IP}/32"]}}
               upstream_ca: upstream-ca.pem
+              audit: {{log_allowed: {"true" if log_allowed else "false"}}}
             skills:
               {SKILL}:
                 allow:

@@ -82,6 +82,18 @@ def test_agreeing_absolute_form_is_forwarded_in_origin_form(rw: ReqWorld, target
     assert b"://" not in received.split(b"\r\n", 1)[0]
 
 
+def test_absolute_form_without_host_is_refused(rw: ReqWorld) -> None:
+    # Found by the property test: forwarded in origin-form, it would reach the upstream with no
+    # host at all.
+    rw.reset()
+    port = rw.tls.port
+    answer = h1_in_tunnel(rw, "open.req.test", (
+        f"GET https://open.req.test:{port}/x HTTP/1.1\r\nConnection: close\r\n\r\n").encode())
+    assert answer is not None and answer.status == 403
+    assert answer.json()["reason"] == "host_mismatch"
+    assert rw.tls.received() == b""
+
+
 def test_absolute_form_judged_path_is_the_forwarded_path(rw: ReqWorld) -> None:
     rw.reset()
     port = rw.tls.port
