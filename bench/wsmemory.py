@@ -119,7 +119,8 @@ skills:
         egress, "serve", "--policies", str(policies), "--data-dir", str(data),
         "--listen", f"{LISTEN}:{listen}", "--admin", f"{LISTEN}:{free_port(LISTEN)}"],
         ready=(LISTEN, listen))
-    return service, f"http://{SKILL}:{token}@{LISTEN}:{listen}", data / "ca" / "mitmproxy-ca-cert.pem"
+    ca_cert = data / "ca" / "mitmproxy-ca-cert.pem"
+    return service, f"http://{SKILL}:{token}@{LISTEN}:{listen}", ca_cert
 
 
 def relay(service: Service, proxy: str, trust: Path, port: int, mib: int) -> WsMemoryResult:

@@ -353,7 +353,8 @@ class EgressAddon:
                          "http", rid, detail=problem.detail)
             return None
         if head.authority and not head.http2:
-            flow.request.authority = ""  # absolute-form naming the CONNECT host: forward origin-form
+            # An absolute-form target naming the CONNECT host: forward it in origin-form.
+            flow.request.authority = ""
         dest = Destination(tunnel.host, tunnel.port, head.method,
                            judged_path(flow.request.path))
         decision = self._judge(flow, tunnel.skill, dest, "http", rid)

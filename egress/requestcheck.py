@@ -67,7 +67,8 @@ def read_head(request: http.Request) -> RequestHead:
     """The request head as mitmproxy parsed it (called in `requestheaders`, before any change)."""
     http2 = request.is_http2 or request.is_http3
     return RequestHead(
-        method=request.data.method.decode("latin-1"), target=request.data.path, authority=request.authority,
+        method=request.data.method.decode("latin-1"), target=request.data.path,
+        authority=request.authority,
         hosts=tuple(request.headers.get_all("Host")), fields=request.headers.fields, http2=http2)
 
 

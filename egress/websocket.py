@@ -211,7 +211,7 @@ def install() -> None:
         """Close both sides (the sender gets the refusal's code), mark the flow, end it."""
         import wsproto.events
         from mitmproxy.proxy import commands
-        from wsproto import ConnectionState
+        from wsproto.connection import ConnectionState
 
         flow = self.flow
         flow.metadata[REFUSAL_KEY] = refusal

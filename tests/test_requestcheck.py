@@ -73,10 +73,12 @@ def test_header_problem_never_quotes_a_value() -> None:
                  id="fragment after a query"),
     pytest.param("GET", b"/v1/invoices /admin", "request target holds a space or control character",
                  id="space (an HTTP/2 :path becoming two HTTP/1 tokens)"),
-    pytest.param("GET", b"/v1/a\x00", "request target holds a space or control character", id="NUL"),
+    pytest.param("GET", b"/v1/a\x00", "request target holds a space or control character",
+                 id="NUL"),
     pytest.param("GET", b"/v1/a\rb", "request target holds a space or control character", id="CR"),
     pytest.param("GET", b"/v1/a\tb", "request target holds a space or control character", id="tab"),
-    pytest.param("GET", b"/v1/a\x7f", "request target holds a space or control character", id="DEL"),
+    pytest.param("GET", b"/v1/a\x7f", "request target holds a space or control character",
+                 id="DEL"),
 ])
 def test_target_problem(method: str, target: bytes, detail: str | None) -> None:
     problem = target_problem(method, target)

@@ -23,6 +23,7 @@ from tests.adversarial.reqworld import (
     req_world,
     wait_for,
 )
+from tests.clients import RawResponse
 from tests.conftest import TestCA
 
 
@@ -51,7 +52,7 @@ def _head(host: str, port: int, line: bytes, *, target: str = "/v1/invoices",
             + b"\r\nConnection: close\r\n\r\n")
 
 
-def _assert_refused(rw: ReqWorld, answer, before: int, what: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_refused(rw: ReqWorld, answer: RawResponse | None, before: int, what: str) -> None:
     assert answer is not None and answer.status == 400, answer
     assert answer.json()["reason"] == "bad_header"
     record = rw.proxy.audit_for(answer.request_id)

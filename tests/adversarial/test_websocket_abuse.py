@@ -336,7 +336,8 @@ def test_compressed_message_is_judged_by_its_inflated_size(ww: WsWorld) -> None:
 
 @pytest.mark.parametrize("host, message", [
     pytest.param("wss.ws.test", f'{{"token": "{PLACEHOLDER}"}}', id="placeholder, text"),
-    pytest.param("wss.ws.test", b"\x00\x01" + PLACEHOLDER.encode() + b"\xff", id="placeholder, binary"),
+    pytest.param("wss.ws.test", b"\x00\x01" + PLACEHOLDER.encode() + b"\xff",
+                 id="placeholder, binary"),
     pytest.param("plainws.ws.test", PLACEHOLDER, id="placeholder over plain ws"),
 ])
 def test_placeholder_in_a_message_to_an_unbound_host_closes(ww: WsWorld, host: str,

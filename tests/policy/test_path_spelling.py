@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from egress.brokerage import Brokerage, Refused
 from egress.inject import bound_to
 from egress.policy.decide import Destination, Verdict, decide
 from egress.policy.load import load_policy_texts
@@ -49,7 +50,8 @@ def test_plain_spellings_pass(path: str) -> None:
     pytest.param("/v1/%2e", "percent-encoded '.'", id="encoded dot"),
     pytest.param("/v1/%69nvoices", "percent-escape of the unreserved character 'i'",
                  id="escaped letter"),
-    pytest.param("/v1/in_%31", "percent-escape of the unreserved character '1'", id="escaped digit"),
+    pytest.param("/v1/in_%31", "percent-escape of the unreserved character '1'",
+                 id="escaped digit"),
     pytest.param("/v1/a%7Eb", "percent-escape of the unreserved character '~'", id="escaped tilde"),
     pytest.param("/v1/a%2Fb", "percent-encoded '/'", id="encoded slash"),
     pytest.param("/v1/a%2fb", "percent-encoded '/'", id="lowercase encoded slash"),
@@ -152,3 +154,24 @@ def test_credential_is_never_bound_to_an_unplain_path(policy: PolicySet, path: s
     skill = policy.skills["s"]
     assert bound_to(skill, "key", "api.example.org", 443, path) is bound
     assert bound_to(skill, "key", "open.example.org", 443, path) is True  # no paths: any spelling
+
+
+@pytest.mark.parametrize("path, refused", [
+    pytest.param("/v1/invoices/../x", True, id="unplain path: the key is not bound there"),
+    pytest.param("/v1/invoices/in_1", False, id="plain path under the key's rule"),
+])
+async def test_placeholder_on_an_unplain_path_is_exfiltration(policy: PolicySet, path: str,
+                                                               refused: bool) -> None:
+    # POST is allowed on any path by a rule without a credential; the placeholder belongs to
+    # the GET rule's key, bound to /v1/invoices/* only.
+    skill = policy.skills["s"]
+    dest = Destination("api.example.org", 443, "POST", path)
+    decision = decide(policy, "s", dest)
+    assert decision.allowed and decision.rule is not None and decision.rule.credential is None
+    outcome = await Brokerage().prepare(
+        None, skill, decision.rule, dest,  # type: ignore[arg-type]  # no fetch happens
+        [("Authorization", "Bearer ph_0000000000000000")], path, verified_tls=True)
+    if refused:
+        assert isinstance(outcome, Refused) and outcome.reason is Reason.CREDENTIAL_EXFILTRATION
+    else:
+        assert outcome is None
