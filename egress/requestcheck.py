@@ -24,6 +24,7 @@ a secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,11 +38,11 @@ if TYPE_CHECKING:
 __all__ = ["Problem", "RequestHead", "authority_problem", "check_head", "header_problem",
            "judged_path", "method_problem", "read_head", "target_problem"]
 
-# RFC 9110 5.6.2 tchar
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Regular expressions, not Python loops: every request head egress judges passes here.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2 tchar
 # Control characters a field value may not hold: all but HTAB (RFC 9110 5.5).
-_VALUE_CONTROLS = frozenset(range(0x20)) - {0x09} | {0x7F}
-_TARGET_FORBIDDEN = frozenset(range(0x21)) | {0x7F, ord("#")}
+_VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f#]")
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,9 @@ def read_head(request: http.Request) -> RequestHead:
 
 def header_problem(fields: Sequence[tuple[bytes, bytes]]) -> Problem | None:
     for name, value in fields:
-        if not name or any(b not in _TOKEN for b in name):
+        if not _TOKEN.fullmatch(name):
             return Problem(Reason.BAD_HEADER, f"header name {_show(name)} is not a token")
-        if any(b in _VALUE_CONTROLS for b in value):
+        if _VALUE_CONTROL.search(value):
             return Problem(Reason.BAD_HEADER, f"header {_show(name)}: {_what_control(value)}")
     return None
 
@@ -94,7 +95,7 @@ def _what_control(value: bytes) -> str:
 
 
 def method_problem(method: str) -> Problem | None:
-    if not method or any(ord(c) > 0x7F or ord(c) not in _TOKEN for c in method):
+    if not _TOKEN.fullmatch(method.encode("latin-1", "replace")):
         return Problem(Reason.BAD_REQUEST, f"method {ascii(method[:16])} is not a token")
     return None
 
@@ -108,7 +109,7 @@ def target_problem(method: str, target: bytes) -> Problem | None:
     if b"#" in target:
         return Problem(Reason.BAD_REQUEST_TARGET,
                        "request target holds a fragment ('#'); clients never send one")
-    if any(b in _TARGET_FORBIDDEN for b in target):
+    if _TARGET_FORBIDDEN.search(target):
         return Problem(Reason.BAD_REQUEST_TARGET,
                        "request target holds a space or control character")
     return None
