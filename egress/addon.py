@@ -21,6 +21,7 @@ import weakref
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import OptionsError
+from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
 from egress import connclose, header_limit, websocket
@@ -459,6 +460,11 @@ class EgressAddon:
                 self._refuse(flow, problem.reason, skill, Destination(host, flow.request.port),
                              kind, rid, detail=problem.detail)
                 return None
+            if not head.hosts:
+                # Forwarded in origin-form, the request must still name the host judged
+                # (RFC 9112 7.2: a proxy generates Host from the target).
+                flow.request.headers["Host"] = url.hostport(flow.request.scheme, host,
+                                                            flow.request.port)
             return Destination(host, flow.request.port, head.method,
                                judged_path(flow.request.path))
         return Destination(host, flow.request.port)

@@ -19,6 +19,7 @@ from tests.adversarial.reqworld import (
     REAL_KEY,
     ReqWorld,
     h1_in_tunnel,
+    h1_plain,
     h2_head,
     h2_in_tunnel,
     open_tunnel,
@@ -115,6 +116,21 @@ def test_absolute_form_in_a_plain_tunnel_is_refused(rw: ReqWorld) -> None:
     assert answer.status == 403 and answer.json()["reason"] == "host_mismatch"
     assert [r["reason"] for r in rw.audit_after(before)] == ["host_mismatch"]
     assert rw.plain.received() == b""
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_plain_http_without_host_goes_out_with_the_judged_host(rw: ReqWorld, version: str
+                                                               ) -> None:
+    # mitmproxy forwards plain HTTP in origin-form; without a Host header the upstream would
+    # not learn the host that was judged at all.
+    rw.reset()
+    port = rw.plain.port
+    answer = h1_plain(rw, (f"GET http://PlainOpen.req.test.:{port}/x {version}\r\n"
+                           f"Proxy-Authorization: {rw.auth()}\r\nConnection: close\r\n\r\n"
+                           ).encode())
+    assert answer is not None and answer.status == 200
+    assert wait_for(lambda: rw.plain.request_lines() == [f"GET /x {version}"])
+    assert f"\r\nHost: plainopen.req.test:{port}\r\n".encode() in rw.plain.received()
 
 
 def test_plain_tunnel_agreeing_absolute_form_goes_out_origin_form(rw: ReqWorld) -> None:

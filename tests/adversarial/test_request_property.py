@@ -3,8 +3,8 @@
 Hypothesis builds request heads from the pieces attacks are made of (odd methods, dot and empty
 segments, escapes, ';', '#', backslashes, absolute-form targets naming this or another host,
 Host variants, header bytes with CR, LF, NUL and folding) and sends each through a real egress,
-inside an intercepted tunnel, to a host whose rule judges paths and to one whose rule does not,
-over HTTP/1.1 and HTTP/2. With `settings.audit.log_allowed` every decision writes one line, so
+inside an intercepted tunnel (HTTP/1.1 and HTTP/2) and as plain HTTP through the proxy port, to a
+host whose rule judges paths and to one whose rule does not. With `settings.audit.log_allowed` every decision writes one line, so
 for every head:
   * refused: exactly one `deny` line, and the upstream received nothing;
   * allowed: exactly one `allow` line, and the upstream received one request whose method,
@@ -27,6 +27,7 @@ from tests.adversarial.reqworld import (
     PLACEHOLDER,
     ReqWorld,
     h1_in_tunnel,
+    h1_plain,
     h2_in_tunnel,
     req_world,
     wait_for,
@@ -93,14 +94,14 @@ def _first_head(data: bytes) -> tuple[str, dict[str, list[str]]] | None:
     return lines[0], fields
 
 
-def _request_records(rw: ReqWorld, before: int, want: int = 1) -> list[dict[str, Any]]:
-    """Audit lines about the request (log_allowed also writes the tunnel's CONNECT line)."""
-    records = rw.audit_after(before, wait=3, want=want + 1)
+def _request_records(rw: ReqWorld, before: int, *, tunnel: bool = True) -> list[dict[str, Any]]:
+    """Audit lines about the request (log_allowed also writes a tunnel's CONNECT line)."""
+    records = rw.audit_after(before, wait=3, want=2 if tunnel else 1)
     return [r for r in records if r["kind"] != "connect"]
 
 
-def _one_new_record(rw: ReqWorld, before: int) -> dict[str, Any]:
-    records = _request_records(rw, before)
+def _one_new_record(rw: ReqWorld, before: int, *, tunnel: bool = True) -> dict[str, Any]:
+    records = _request_records(rw, before, tunnel=tunnel)
     assert len(records) == 1, records
     return records[0]
 
@@ -193,3 +194,53 @@ def test_http2_heads_are_refused_or_arrive_as_judged(rw: ReqWorld, h: dict[str, 
     assert path.split(b"?", 1)[0] == record["path"].encode()
     authority = (got.pseudo(":authority") or b"").decode()
     assert normalise_host(authority.rsplit(":", 1)[0]) == record["host"] == h["host"]
+
+
+@st.composite
+def plain_heads(draw: Any) -> dict[str, Any]:
+    return {
+        "host": draw(st.sampled_from(["plain.req.test", "plainopen.req.test"])),
+        "method": draw(st.sampled_from(METHODS)),
+        "path": draw(paths().filter(lambda p: p.startswith("/"))),
+        "uri_host": draw(st.sampled_from(["{h}:{p}"] * 5 + ["{H}.:{p}", "other.req.test:{p}",
+                                                             "{h}"])),
+        "host_header": draw(st.sampled_from(["{h}:{p}"] * 4 + [None, None, "{h}",
+                                                             "other.req.test:{p}",
+                                                             "{h}:{p}\r\nHost: {h}:{p}"])),
+        "header": draw(st.one_of(st.none(), st.none(), st.tuples(
+            st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES)))),
+    }
+
+
+@given(h=plain_heads())
+@PROPERTY
+def test_plain_http_heads_are_refused_or_arrive_as_judged(rw: ReqWorld, h: dict[str, Any]
+                                                          ) -> None:
+    rw.reset()
+    before = rw.audit_count()
+    fmt = {"h": h["host"], "H": h["host"].upper(), "p": rw.plain.port}
+    lines = [f"{h['method']} http://{h['uri_host'].format(**fmt)}{h['path']} HTTP/1.1".encode(),
+             f"Proxy-Authorization: {rw.auth()}".encode()]
+    if h["host_header"] is not None:
+        lines.append(b"Host: " + h["host_header"].format(**fmt).encode())
+    if h["header"] is not None:
+        lines.append(h["header"][0] + b": " + h["header"][1])
+    lines.append(b"Connection: close")
+    answer = h1_plain(rw, b"\r\n".join(lines) + b"\r\n\r\n")
+    record = _one_new_record(rw, before, tunnel=False)
+    assert rw.audit_after(before + 1, wait=0) == []  # and only one (written before the answer)
+
+    if record["decision"] == "deny":
+        assert answer is None or answer.status != 200, (answer, record)
+        assert rw.plain.received() == b"", record
+        return
+    assert record["decision"] == "allow", record
+    assert answer is not None and answer.status == 200, (answer, record)
+    assert wait_for(lambda: _first_head(rw.plain.received()) is not None)
+    assert len(rw.plain.request_lines()) == 1
+    line, fields = _first_head(rw.plain.received())  # type: ignore[misc]
+    method, sent_target, version = line.split(" ")
+    assert (method, version) == (record["method"], "HTTP/1.1")
+    assert sent_target.startswith("/") and sent_target.split("?", 1)[0] == record["path"], line
+    assert len(fields["host"]) == 1, fields
+    assert normalise_host(fields["host"][0].rsplit(":", 1)[0]) == record["host"] == h["host"]
