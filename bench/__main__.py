@@ -31,6 +31,7 @@ from bench.micro import run_micro
 from bench.procs import Supervisor
 from bench.scale import policy_at_scale
 from bench.upstream import start_nginx, write_test_ca
+from bench.wsmemory import WsMemoryResult, egress_for_websocket, relay, websocket_sink
 from bench.workloads import CONTENDERS, HEADERS, Run, bundle, run_rounds, start_checked, workloads
 
 SECTIONS = ("micro", "network", "memory", "scale")
@@ -135,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                         for w in loads if (r := results.get(w.key))}
                 if "memory" in sections:
                     idle, streams = memory_section(run, names, args)
+                    ws = websocket_section(run, names, args)
                     tables += report.memory_tables(idle, streams)
+                    tables += report.websocket_tables(ws)
                     data["memory"] = {
                         "idle": {k: dataclasses.asdict(v) for k, v in idle.items()},
-                        "stream": {k: dataclasses.asdict(v) for k, v in streams.items()}}
+                        "stream": {k: dataclasses.asdict(v) for k, v in streams.items()},
+                        "websocket": {k: dataclasses.asdict(v) for k, v in ws.items()}}
                 if "scale" in sections:
                     log("egress with a 100,000-rule policy: startup and reload")
                     scale = policy_at_scale(sup, work, up, egress, 100_000)
@@ -194,6 +198,36 @@ def memory_section(run: Run, names: list[str], args: argparse.Namespace
         finally:
             run.sup.stop(c.service)
     return idle, streams
+
+
+def websocket_section(run: Run, names: list[str], args: argparse.Namespace
+                      ) -> dict[str, WsMemoryResult]:
+    """One long WebSocket through egress (its own rule for the sink) and, in a full run,
+    through mitmdump-mitm: RSS per MiB relayed (bench/wsmemory.py)."""
+    mib = 256 if args.quick else 1024
+    results: dict[str, WsMemoryResult] = {}
+    wanted = ["egress-mitm"] + ([] if args.quick else ["mitmdump-mitm"])
+    with websocket_sink(run.up.ca) as port:
+        for name in wanted:
+            if name not in names:
+                continue
+            log(f"memory: {mib} MiB of WebSocket messages through {name}")
+            try:
+                if name == "egress-mitm":
+                    service, proxy, trust = egress_for_websocket(run.sup, run.work,
+                                                                 run.tools.egress, run.up.ca, port)
+                else:
+                    c = start_checked(run, name)
+                    assert c.service is not None and c.proxy is not None
+                    service, proxy, trust = c.service, c.proxy, bundle(run, c)
+            except RuntimeError as exc:
+                log(f"memory: {exc}")
+                continue
+            try:
+                results[name] = relay(service, proxy, trust, port, mib)
+            finally:
+                run.sup.stop(service)
+    return results
 
 
 def _summary(data: dict[str, Any], tables: list[report.Table], notes: list[str],

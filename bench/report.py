@@ -15,6 +15,7 @@ from bench.memory import IdleResult, StreamResult
 from bench.micro import MicroResult
 from bench.scale import ScaleResult
 from bench.workloads import Facts, Workload
+from bench.wsmemory import WsMemoryResult
 
 __all__ = ["RATIOS", "Table", "figure_tables", "memory_tables", "micro_tables", "ratio_tables",
            "render", "scale_table"]
@@ -161,6 +162,17 @@ def memory_tables(idle: dict[str, IdleResult], streams: dict[str, StreamResult])
                        ["contender", "MiB", "MB/s", "RSS before MB", "peak RSS MB",
                         "RSS after MB", "status"], rows))
     return tables
+
+
+def websocket_tables(results: dict[str, WsMemoryResult]) -> list[Table]:
+    if not results:
+        return []
+    rows = [[name, str(r.mib), _f(r.mb_per_s), _f(r.rss_before_mb), _f(r.peak_rss_mb),
+             _f(r.kib_per_mib), _f(r.rss_closed_mb), r.problem or ""]
+            for name, r in results.items()]
+    return [("One WebSocket, 1 MiB messages acknowledged one by one (RSS per MiB relayed)",
+             ["contender", "MiB", "MiB/s", "RSS before MB", "peak RSS MB", "KiB RSS/MiB",
+              "RSS closed MB", "problem"], rows)]
 
 
 def scale_table(r: ScaleResult) -> Table:

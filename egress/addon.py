@@ -29,9 +29,10 @@ import weakref
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import AddonHalt, OptionsError
+from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
-from egress import header_limit
+from egress import connclose, header_limit, websocket
 from egress.audit import AuditRecord, new_request_id
 from egress.body_guard import (
     redact_message,
@@ -44,7 +45,6 @@ from egress.connguard import ConnectionGuard
 from egress.errors import PolicyErrors
 from egress.flowinfo import (
     audit_record,
-    host_and_port,
     is_host_name,
     listen_addresses,
     peer_address,
@@ -56,17 +56,19 @@ from egress.layers import ClosingLayer, LayerChooser, Refusal
 from egress.metrics import Metrics
 from egress.netguard import Blocked, Vetted, parse_ip_literal
 from egress.policy.decide import Decision, Destination, Verdict, decide
-from egress.policy.match import normalise_host, normalise_path
+from egress.policy.match import normalise_host
 from egress.policy.model import ConnectionSettings, Mode, PolicySet
 from egress.protocol_audit import ProtocolErrorAudit, install_hostless_log
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
+from egress.requestcheck import check_head, judged_path, read_head
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
 from egress.traffic import ConnectionTracker
 from egress.tunnels import Tunnel, sni_matches
 from egress.upgrades import request_refusal, switch_refusal
+from egress.websocket import WebSocketGuard
 
 __all__ = ["EgressAddon"]
 
@@ -101,11 +103,15 @@ class EgressAddon:
         self.guard = ConnectionGuard(self._connection_settings, self._layers.waiting,
                                      self._closed_by_guard,
                                      lambda: ctx.master.addons.get("proxyserver"))
+        self._websockets = WebSocketGuard(lambda: self.runtime, self._brokerage.known,
+                                          self.metrics)
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
         header_limit.install()
         install_hostless_log()  # mitmproxy's own 400 for a request without Host gets audited
+        websocket.install()  # messages stream (not retained), capped, checked for keys
+        connclose.install()  # a connection egress closes is closed, socket and all
         loader.add_option("egress_policies", str, "",
                           "Directory of egress policy YAML files (required).")
         loader.add_option("egress_data_dir", str, "",
@@ -300,6 +306,20 @@ class EgressAddon:
             self._refuse_connection(client, refusal.reason, refusal.kind, tunnel.skill,
                                     tunnel.host, tunnel.port, refusal.detail)
 
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        self._websockets.start(flow)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._websockets.message(flow)  # client messages: size cap, no stray keys
+            self._redact_upstream_message(flow)  # upstream messages: no echo of the key
+        except Exception:  # a bug must not let a message through: drop it, close, audit
+            log.exception("egress: error checking a WebSocket message; closing the connection")
+            WebSocketGuard.fail_closed(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._websockets.end(flow)  # audits a connection egress closed
+
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""
         return self.connections.open_by_skill()
@@ -381,6 +401,7 @@ class EgressAddon:
             return
         flow.request.data.host = str(vetted.ip)  # pin without touching the Host header
         flow.request.stream = self._request_stream(flow, skill, dest, decision)  # type: ignore[assignment]
+        self._websockets.admitted(flow, skill, dest, tls=False)
         self._audit_allowed(flow, skill, dest, "http", rid, decision, str(vetted.ip))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -413,20 +434,16 @@ class EgressAddon:
             log.exception("egress: error handling response headers; dropping the response")
             flow.kill()
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def _redact_upstream_message(self, flow: http.HTTPFlow) -> None:
         """Redact the key in messages from an upstream egress gave it to (an echo)."""
         secret = self._injected.get(flow)
         if secret is None or flow.websocket is None or not flow.websocket.messages:
             return
-        try:
-            message = flow.websocket.messages[-1]
-            if not message.from_client:
-                cleaned = redact_message(message.content, secret.reveal())
-                if cleaned is not None:
-                    message.content = cleaned
-        except Exception:  # never forward a message that could not be checked
-            log.exception("egress: error redacting a WebSocket message; closing the flow")
-            flow.kill()
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            cleaned = redact_message(message.content, secret.reveal())
+            if cleaned is not None:
+                message.content = cleaned
 
     def _refuse_midway(self, flow: http.HTTPFlow, reason: Reason, detail: str,
                        skill: str | None, dest: Destination) -> None:
@@ -540,14 +557,17 @@ class EgressAddon:
         assert self.runtime is not None
         flow.request.headers.pop("Proxy-Authorization", None)
         rid = new_request_id()
-        header = flow.request.host_header or ""
-        if host_and_port(header, tunnel.port) != (tunnel.host, tunnel.port):
-            self._refuse(flow, Reason.HOST_MISMATCH, tunnel.skill,
-                         Destination(tunnel.host, tunnel.port), "http", rid,
-                         detail=f"Host {header[:100]!r} differs from CONNECT host")
+        head = read_head(flow.request)
+        problem = check_head(head, tunnel.host, tunnel.port, require_host=True)
+        if problem is not None:
+            self._refuse(flow, problem.reason, tunnel.skill, Destination(tunnel.host, tunnel.port),
+                         "http", rid, detail=problem.detail)
             return None
-        dest = Destination(tunnel.host, tunnel.port, flow.request.method,
-                           normalise_path(flow.request.path))
+        if head.authority and not head.http2:
+            # An absolute-form target naming the CONNECT host: forward it in origin-form.
+            flow.request.authority = ""
+        dest = Destination(tunnel.host, tunnel.port, head.method,
+                           judged_path(flow.request.path))
         if self._refuse_protocol_switch(flow, tunnel.skill, dest, rid):
             return None
         decision = self._judge(flow, tunnel.skill, dest, "http", rid)
@@ -564,6 +584,7 @@ class EgressAddon:
             flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
             return None
         flow.request.stream = self._request_stream(flow, tunnel.skill, dest, decision)  # type: ignore[assignment]
+        self._websockets.admitted(flow, tunnel.skill, dest, tls=tls)
         if flow.metadata.get("egress_credential") is None:
             self._audit_allowed(flow, tunnel.skill, dest, "http", rid, decision, tunnel.address or "")
         else:
@@ -617,7 +638,8 @@ class EgressAddon:
         assert self.runtime is not None
         decision = decide(self.runtime.policy, skill, dest)
         if not decision.allowed:
-            self._refuse(flow, decision.reason, skill, dest, kind, rid, decision)
+            self._refuse(flow, decision.reason, skill, dest, kind, rid, decision,
+                         detail=decision.detail)
             return None
         return self._limit(flow, skill, dest, kind, rid, decision)
 
@@ -649,14 +671,20 @@ class EgressAddon:
             self._refuse(flow, Reason.BAD_REQUEST, skill, raw, kind, rid, detail=f"host: {exc}")
             return None
         if kind == "http":
-            # Plain HTTP: the absolute-form URI and the Host header must name one destination.
-            header = flow.request.headers.get("Host")
-            if header is not None and host_and_port(header, flow.request.port) != (host, flow.request.port):
-                self._refuse(flow, Reason.HOST_MISMATCH, skill, Destination(host, flow.request.port),
-                             kind, rid, detail=f"Host header {header[:100]!r} differs from URI")
+            # Plain HTTP: header bytes, an origin-form target, one Host naming the URI's host.
+            head = read_head(flow.request)
+            problem = check_head(head, host, flow.request.port, require_host=False)
+            if problem is not None:
+                self._refuse(flow, problem.reason, skill, Destination(host, flow.request.port),
+                             kind, rid, detail=problem.detail)
                 return None
-            return Destination(host, flow.request.port, flow.request.method,
-                               normalise_path(flow.request.path))
+            if not head.hosts:
+                # Forwarded in origin-form, the request must still name the host judged
+                # (RFC 9112 7.2: a proxy generates Host from the target).
+                flow.request.headers["Host"] = url.hostport(flow.request.scheme, host,
+                                                            flow.request.port)
+            return Destination(host, flow.request.port, head.method,
+                               judged_path(flow.request.path))
         return Destination(host, flow.request.port)
 
     async def _vet(self, flow: http.HTTPFlow, skill: str, dest: Destination, kind: str,
@@ -728,4 +756,4 @@ class EgressAddon:
         if decision.verdict is Verdict.REPORT or self.runtime.policy.settings.audit.log_allowed:
             self.runtime.record(audit_record(
                 self.runtime.policy.digest, flow, str(decision.verdict), decision.reason, skill,
-                dest, kind, rid, decision, resolved=resolved))
+                dest, kind, rid, decision, resolved=resolved, detail=decision.detail))

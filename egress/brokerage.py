@@ -12,6 +12,7 @@ Runs after the policy allowed a request and before it leaves egress. Outcomes:
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from egress.errors import SecretError
@@ -48,6 +49,10 @@ class Brokerage:
         # Real values fetched per (skill, credential): lets egress spot a skill that sends a
         # real key where it does not belong. Only ever compared, never logged.
         self._known: dict[str, dict[str, Secret]] = {}
+
+    def known(self, skill: str) -> Mapping[str, Secret]:
+        """The real values fetched for `skill`'s credentials so far (to spot them elsewhere)."""
+        return self._known.get(skill, {})
 
     async def prepare(
         self, broker: SecretBroker, skill: SkillPolicy, rule: Rule | None, dest: Destination,

@@ -76,7 +76,7 @@ def audit_record(policy: str, flow: http.HTTPFlow, verdict: str, reason: Reason,
     return AuditRecord(
         id=rid, decision=verdict, reason=str(reason), kind=kind, skill=skill,
         client=peer_address(flow.client_conn), host=dest.host, port=dest.port,
-        method=None if connect else req.method[:16],
+        method=None if connect else req.data.method.decode("latin-1")[:16],  # as sent
         scheme=None if connect else req.scheme,
         path=None if connect else req.path.split("?", 1)[0][:2048],
         rule=decision.rule.label if decision and decision.rule else None,

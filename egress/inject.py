@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from egress.leakscan import text_carries
-from egress.policy.match import path_matches
+from egress.policy.match import path_matches, path_spelling_problem
 from egress.policy.model import Credential, SkillPolicy
 from egress.secrets.base import Secret
 
@@ -42,11 +42,15 @@ def carried_credentials(
 
 
 def bound_to(skill: SkillPolicy, credential: str, host: str, port: int, path: str | None) -> bool:
-    """True when some rule of `skill` names `credential` and matches this destination."""
+    """True when some rule of `skill` names `credential` and matches this destination.
+    A path that is not spelt plainly matches no rule's `paths` (see path_spelling_problem)."""
     for rule in skill.index.lookup(host):
         if rule.credential != credential or port not in rule.ports:
             continue
-        if rule.paths is None or (path is not None and any(path_matches(p, path) for p in rule.paths)):
+        if rule.paths is None:
+            return True
+        if path is not None and path_spelling_problem(path) is None and any(
+                path_matches(p, path) for p in rule.paths):
             return True
     return False
 

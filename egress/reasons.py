@@ -43,6 +43,10 @@ class Reason(StrEnum):
     AUTH_TIMEOUT = "auth_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     UNAUTHENTICATED_LIMIT = "unauthenticated_limit"
+    BAD_REQUEST_TARGET = "bad_request_target"
+    BAD_HEADER = "bad_header"
+    PATH_NOT_CANONICAL = "path_not_canonical"
+    WEBSOCKET_MESSAGE_TOO_BIG = "websocket_message_too_big"
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it
@@ -113,6 +117,23 @@ _WHY: dict[Reason, str] = {
         "Too many connections from this address had not authenticated yet; this one was "
         "refused."
     ),
+    Reason.BAD_REQUEST_TARGET: (
+        "The request target is not a plain path egress can judge: it must start with '/' "
+        "and hold no fragment ('#'), space or control character."
+    ),
+    Reason.BAD_HEADER: (
+        "A request header holds bytes HTTP forbids (CR, LF, NUL or another control "
+        "character, or obsolete line folding), or the Host header is repeated."
+    ),
+    Reason.PATH_NOT_CANONICAL: (
+        "The request path is not spelt plainly, and this host's rules judge paths: "
+        "'.' or '..' segments, empty segments ('//'), backslashes, ';' and percent-escapes "
+        "of letters, digits, '-._~', '/', '\\' or '%' are refused, never resolved."
+    ),
+    Reason.WEBSOCKET_MESSAGE_TOO_BIG: (
+        "A WebSocket message was larger than egress relays (settings.websocket.max_message); "
+        "the connection was closed with code 1009."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -132,6 +153,16 @@ _WHAT_TO_DO: dict[Reason, str] = {
     Reason.AUTH_TIMEOUT: "Send the request with proxy credentials right after connecting.",
     Reason.IDLE_TIMEOUT: "Reconnecting will work; keep-alive pools should expect this.",
     Reason.UNAUTHENTICATED_LIMIT: "Authenticate on each connection right away; retry later.",
+    Reason.PATH_NOT_CANONICAL: (
+        "Send the path in its plain form (no dot segments, no '//', letters and digits "
+        "unescaped); the same spelling will be refused again."
+    ),
+    Reason.BAD_HEADER: "Remove the control characters from the header; the same request will be "
+                       "refused again.",
+    Reason.BAD_REQUEST_TARGET: "Send an origin-form path without a fragment; the same request "
+                               "will be refused again.",
+    Reason.WEBSOCKET_MESSAGE_TOO_BIG: "Send smaller messages, or ask the operator to raise "
+                                      "settings.websocket.max_message.",
 }
 
 _DEFAULT_TO_DO = (

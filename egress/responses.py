@@ -22,6 +22,8 @@ _STATUS: dict[Reason, int] = {
     Reason.NO_POLICY: 503,
     Reason.RATE_LIMITED: 429,
     Reason.BAD_REQUEST: 400,
+    Reason.BAD_REQUEST_TARGET: 400,
+    Reason.BAD_HEADER: 400,
     Reason.INTERNAL_ERROR: 500,
     Reason.RESPONSE_UNREADABLE: 502,  # (audited; the flow is killed, no reply is built)
     Reason.UPSTREAM_TLS_FAILED: 502,

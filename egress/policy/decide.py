@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from egress.policy.match import path_matches
+from egress.policy.match import path_matches, path_spelling_problem
 from egress.policy.model import Mode, PolicySet, Rule
 from egress.reasons import Reason
 
@@ -31,7 +31,9 @@ class Destination:
     host: str  # normalised: lowercase, IDNA, no trailing dot, canonical IP literal
     port: int
     method: str | None = None  # None at CONNECT time
-    path: str | None = None  # normalised path without query; None at CONNECT time
+    # The request path as forwarded, without the query; None at CONNECT time. Never
+    # normalised: rules with paths refuse a path that is not spelt plainly.
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Decision:
     intercept: bool = False  # CONNECT time: some rule for this host looks inside requests
     # CONNECT time: a rule for this host and port allows raw TCP, and none looks inside.
     raw_tcp: bool = False
+    detail: str | None = None  # what exactly was wrong, safe to audit (path_not_canonical)
 
     @property
     def allowed(self) -> bool:
@@ -56,7 +59,8 @@ def decide(policy: PolicySet, skill: str, dest: Destination) -> Decision:
 
     decision = _match(skill_policy.index.lookup(dest.host), dest)
     if decision.verdict is Verdict.DENY and skill_policy.mode is Mode.REPORT:
-        return Decision(Verdict.REPORT, decision.reason, decision.rule, decision.intercept)
+        return Decision(Verdict.REPORT, decision.reason, decision.rule, decision.intercept,
+                        decision.detail)
     return decision
 
 
@@ -74,15 +78,18 @@ def _match(rules: tuple[Rule, ...], dest: Destination) -> Decision:
     by_method = [r for r in on_port if r.methods is None or dest.method in r.methods]
     if not by_method:
         return Decision(Verdict.DENY, Reason.METHOD_NOT_ALLOWED, on_port[0], True)
-    if dest.path is None:
-        # The path could not be normalised safely (see normalise_path): only rules that do
-        # not look at paths may allow it.
-        by_path = [r for r in by_method if r.paths is None]
-    else:
-        path = dest.path
-        by_path = [
-            r for r in by_method if r.paths is None or any(path_matches(p, path) for p in r.paths)
-        ]
+    path = dest.path
+    # A path that is not spelt plainly has more than one reading: only rules that do not look
+    # at paths may allow it (see path_spelling_problem).
+    spelling = None
+    if path is not None and any(r.paths is not None for r in by_method):
+        spelling = path_spelling_problem(path)
+    by_path = [
+        r for r in by_method if r.paths is None or (
+            path is not None and spelling is None and any(path_matches(p, path) for p in r.paths))
+    ]
     if not by_path:
+        if spelling is not None:
+            return Decision(Verdict.DENY, Reason.PATH_NOT_CANONICAL, by_method[0], True, spelling)
         return Decision(Verdict.DENY, Reason.PATH_NOT_ALLOWED, by_method[0], True)
     return Decision(Verdict.ALLOW, Reason.ALLOWED, by_path[0], True)

@@ -4,6 +4,10 @@ A host is compared in one canonical spelling: lowercase, IDNA (punycode) for non
 no trailing dot, and IP literals in their canonical form (so `0x7f.1` and `127.0.0.1` are the
 same host). Patterns are validated once at load time; matching is then dictionary lookups
 (see `HostIndex`) and a segment-wise path comparison.
+
+Request paths are judged exactly as they are forwarded: `path_spelling_problem` refuses any
+spelling an upstream could read as another path (dot and empty segments, escapes that decode to
+'.', '/', '\\' or '%', backslashes, ';' parameters), instead of resolving it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "parse_host_pattern",
     "parse_path_pattern",
     "path_matches",
+    "path_spelling_problem",
 ]
 
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -131,8 +136,77 @@ def parse_path_pattern(text: str) -> str:
     return text
 
 
+# RFC 3986 `pchar` minus ';' (servers such as Tomcat strip ";params" from segments, so
+# "/a/..;/b" climbs there) plus '/' and '%' (escapes are checked one by one).
+_PATH_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,=:@/%")
+_UNRESERVED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
+
+
+def path_spelling_problem(path: str) -> str | None:
+    """Why `path` (a request path without its query) is not spelt plainly, or None.
+
+    Rules with `paths` compare the path egress forwards, byte for byte, so it must have only
+    one reading: upstreams resolve dot segments, merge '//', decode escapes and treat '\\' or
+    ';' in their own ways, and egress will not guess which. Refused:
+      * '.' and '..' segments, and empty segments ('//'); one trailing '/' is allowed
+      * percent-escapes of unreserved characters (letters, digits, '-._~', so '%2e' too),
+        of '/', '\\' and '%' (double encoding), of control characters; malformed escapes
+      * '\\', ';', and any character outside RFC 3986 (spaces, controls, non-ASCII, '#')
+    Escapes of other reserved or non-ASCII bytes ('%3F', '%C3%A9') are canonical and allowed.
+    """
+    if not path.startswith("/"):
+        return "the path does not start with '/'"
+    segments = path[1:].split("/")
+    if len(segments) > 1 and segments[-1] == "":
+        segments.pop()  # one trailing slash: "/v1/invoices/"
+    for seg in segments:
+        if seg == "" and path != "/":
+            return "empty path segment ('//')"
+        if seg in (".", ".."):
+            return f"{seg!r} path segment"
+        problem = _segment_problem(seg)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _segment_problem(seg: str) -> str | None:
+    i = 0
+    while i < len(seg):
+        ch = seg[i]
+        if ch == "%":
+            pair = seg[i + 1 : i + 3]
+            if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
+                return "malformed percent-escape"
+            code = int(pair, 16)
+            if code == 0x2E:
+                return "percent-encoded '.'"
+            if chr(code) in _UNRESERVED:
+                return f"percent-escape of the unreserved character {chr(code)!r}"
+            if code in (0x2F, 0x5C):
+                return f"percent-encoded {chr(code)!r}"
+            if code == 0x25:
+                return "percent-encoded '%' (double encoding)"
+            if code < 0x20 or code == 0x7F:
+                return "percent-encoded control character"
+            i += 3
+            continue
+        if ch not in _PATH_CHARS:
+            if ch == "\\":
+                return "backslash in the path"
+            if ch == ";":
+                return "';' in the path (path parameters)"
+            return f"character {ascii(ch)} in the path"
+        i += 1
+    return None
+
+
 def normalise_path(path: str) -> str | None:
     """Canonical form of a request path for matching, or None when it cannot be trusted.
+
+    Not used to judge requests any more: egress judges the path as sent and refuses unplain
+    spellings (`path_spelling_problem`) rather than resolving them.
 
     Drops the query, decodes unreserved percent-escapes, resolves `.`/`..` and empty
     segments. Encoded slashes, backslashes, NULs and `..` that climbs above the root are

@@ -32,6 +32,7 @@ __all__ = [
     "Settings",
     "SkillPolicy",
     "Source",
+    "WebSocketSettings",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,12 +186,20 @@ class ConnectionSettings:
 
 
 @dataclass(frozen=True)
+class WebSocketSettings:
+    # A larger WebSocket message, even one still arriving in fragments, closes the connection
+    # with 1009: mitmproxy holds a whole message in memory before relaying it.
+    max_message: int = 4 * 2**20
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode = Mode.ENFORCE  # default for skills that do not set `mode`
     dns: DnsSettings = DnsSettings()
     networks: NetworkSettings = NetworkSettings()
     audit: AuditSettings = AuditSettings()
     connections: ConnectionSettings = ConnectionSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     upstream_ca: str | None = None  # absolute path of extra CAs for upstream TLS
     secrets: SecretSettings | None = None
     source: Source | None = None

@@ -17,6 +17,7 @@ from egress.policy.model import (
     NetworkSettings,
     Settings,
     Source,
+    WebSocketSettings,
 )
 from egress.policy.yamlnodes import NodeReader, construct, find
 from egress.units import parse_duration, parse_size
@@ -25,7 +26,8 @@ __all__ = ["SettingsReader", "parse_mode"]
 
 _AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age", "budget", "budget_interval",
                "budget_distinct")
-_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "connections", "upstream_ca", "secrets")
+_SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "connections", "upstream_ca", "secrets",
+                  "websocket")
 # settings.connections: key -> (lowest, highest) allowed, seconds (the cap: a count).
 _CONNECTION_TIMEOUTS = {
     "request_head_timeout": (1.0, 3600.0),
@@ -34,6 +36,7 @@ _CONNECTION_TIMEOUTS = {
     "clienthello_timeout": (1.0, 600.0),
 }
 _CONNECTION_KEYS = (*_CONNECTION_TIMEOUTS, "max_unauthenticated_per_address")
+_WS_MESSAGE_RANGE = (1024, 2**30)  # 1 KiB .. 1 GiB: a message is held whole in memory
 
 
 class SettingsReader(NodeReader):
@@ -82,10 +85,13 @@ class SettingsReader(NodeReader):
         secrets = None
         if "secrets" in fields:
             secrets = self.secret_settings(file, fields["secrets"][1])
+        websocket = WebSocketSettings()
+        if "websocket" in fields:
+            websocket = self.websocket_settings(file, fields["websocket"][1])
         self.settings = Settings(
             mode=mode, dns=dns, networks=networks, audit=audit, connections=connections,
-            upstream_ca=upstream_ca,
-            secrets=secrets, source=Source(file, key_node.start_mark.line + 1),
+            websocket=websocket, upstream_ca=upstream_ca, secrets=secrets,
+            source=Source(file, key_node.start_mark.line + 1),
         )
 
     def dns_settings(self, file: str, node: yaml.Node) -> DnsSettings:
@@ -190,6 +196,17 @@ class SettingsReader(NodeReader):
             max_unauthenticated_per_address=(
                 cap if cap is not None else default.max_unauthenticated_per_address),
         )
+
+    def websocket_settings(self, file: str, node: yaml.Node) -> WebSocketSettings:
+        fields = self.mapping(file, node, "settings.websocket", ("max_message",)) or {}
+        size = self.parsed_unit(file, fields, "max_message", parse_size, "a size such as 4MiB",
+                                "settings.websocket")
+        low, high = _WS_MESSAGE_RANGE
+        if size is not None and not low <= size <= high:
+            self.error(file, fields["max_message"][1], "settings.websocket.max_message",
+                       "must be between 1KiB and 1GiB")
+            size = None
+        return WebSocketSettings(max_message=int(size)) if size is not None else WebSocketSettings()
 
     def network_settings(self, file: str, node: yaml.Node) -> NetworkSettings:
         fields = self.mapping(file, node, "settings.networks", ("allow", "deny")) or {}

@@ -67,7 +67,7 @@ SINGLE_FILE_CASES = [
                  "expected one of: secret, header, format, placeholder",
                  id="unknown credential key"),
     pytest.param("settings:\n  modes: report\n", "p.yaml:2: settings.modes: unknown key; "
-                 "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets",
+                 "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets, websocket",
                  id="unknown settings key"),
     pytest.param("settings:\n  dns:\n    servers: []\n", "p.yaml:3: settings.dns.servers: "
                  "unknown key; expected one of: nameservers, timeout, min_ttl, max_ttl",

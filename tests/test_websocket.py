@@ -1,0 +1,58 @@
+"""egress.websocket and egress.connclose without a proxy: the key search, and that the wrappers
+still fit the installed mitmproxy (end to end: tests/adversarial/test_websocket_abuse.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from egress import connclose, websocket
+from egress.policy.load import load_policy_texts
+from egress.secrets import Secret
+
+POLICY = """
+skills:
+  s:
+    allow:
+      - host: api.example.org
+        credential: a
+    credentials:
+      a: {secret: "env:A", placeholder: "ph_aaaaaaaaaaaaaaaa"}
+      b: {secret: "env:B"}
+"""
+
+
+@pytest.mark.parametrize("content, known, found", [
+    pytest.param(b"hello", {}, set(), id="nothing"),
+    pytest.param(b'{"k": "ph_aaaaaaaaaaaaaaaa"}', {}, {"a"}, id="placeholder in text"),
+    pytest.param(b"\x00\xffph_aaaaaaaaaaaaaaaa\x00", {}, {"a"}, id="placeholder in binary"),
+    pytest.param(b"ph_aaaaaaaa", {}, set(), id="half a placeholder"),
+    pytest.param(b"key=real-b-value", {"b": "real-b-value"}, {"b"},
+                 id="a fetched real value without a placeholder"),
+    pytest.param("caf\u00e9-real".encode(), {"b": "caf\u00e9-real"}, {"b"},
+                 id="non-ASCII real value, UTF-8 in the message"),
+    pytest.param(b"real-b-value", {}, set(), id="a value never fetched is not known"),
+])
+def test_credentials_in(content: bytes, known: dict[str, str], found: set[str]) -> None:
+    skill = load_policy_texts([("p.yaml", POLICY)]).skills["s"]
+    secrets = {k: Secret(v) for k, v in known.items()}
+    assert websocket.credentials_in(skill, content, secrets) == found
+
+
+def test_websocket_wrapper_fits_the_installed_mitmproxy() -> None:
+    from mitmproxy.proxy.layers import websocket as ws_layer
+
+    websocket.install()
+    wrapped = ws_layer.WebsocketLayer.relay_messages
+    assert getattr(wrapped, "_egress_wrapped", False)
+    websocket.install()  # idempotent: never wraps twice
+    assert ws_layer.WebsocketLayer.relay_messages is wrapped
+
+
+def test_connclose_wrapper_fits_the_installed_mitmproxy() -> None:
+    from mitmproxy.proxy import server
+
+    connclose.install()
+    wrapped = server.ConnectionHandler.handle_connection
+    assert getattr(wrapped, "_egress_wrapped", False)
+    connclose.install()
+    assert server.ConnectionHandler.handle_connection is wrapped
