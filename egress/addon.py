@@ -23,6 +23,7 @@ costs no lookup and no upstream connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -61,7 +62,13 @@ from egress.policy.model import ConnectionSettings, Mode, PolicySet
 from egress.protocol_audit import ProtocolErrorAudit, install_hostless_log
 from egress.ratelimit import RateLimiter
 from egress.reasons import Reason
-from egress.requestcheck import check_head, judged_path, read_head
+from egress.requestcheck import (
+    check_head,
+    header_problem,
+    judged_path,
+    method_problem,
+    read_head,
+)
 from egress.responses import refusal
 from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
@@ -532,6 +539,11 @@ class EgressAddon:
         nested = flow.request.method.upper().startswith("CONNECT")
         reason = Reason.NESTED_CONNECT if nested else Reason.BAD_REQUEST
         what = "".join(c for c in flow.error.msg.split(":", 1)[0][:80] if c.isprintable())
+        if not nested:  # name the bytes egress refuses itself (bad_header, ...) where it can
+            head = read_head(flow.request)
+            problem = method_problem(head.method) or header_problem(head.fields)
+            if problem is not None:
+                reason, what = problem.reason, problem.detail or what
         skill = tunnel.skill if tunnel else self._skills.get(flow.client_conn)
         dest = Destination(tunnel.host, tunnel.port) if tunnel else requested_destination(flow)
         self.metrics.decision("deny", reason, skill, dest.host)
@@ -744,7 +756,7 @@ class EgressAddon:
         if report:
             if decision.verdict is Verdict.REPORT:
                 return decision  # already recorded as a would-be denial for its own reason
-            return Decision(Verdict.REPORT, Reason.RATE_LIMITED, rule, decision.intercept)
+            return dataclasses.replace(decision, verdict=Verdict.REPORT, reason=Reason.RATE_LIMITED)
         self._refuse(flow, Reason.RATE_LIMITED, skill, dest, kind, rid, decision,
                      detail=exceeded.detail)
         return None

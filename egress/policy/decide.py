@@ -10,6 +10,7 @@ judges the address that will be dialled), secrets, clocks and flows.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,8 +60,7 @@ def decide(policy: PolicySet, skill: str, dest: Destination) -> Decision:
 
     decision = _match(skill_policy.index.lookup(dest.host), dest)
     if decision.verdict is Verdict.DENY and skill_policy.mode is Mode.REPORT:
-        return Decision(Verdict.REPORT, decision.reason, decision.rule, decision.intercept,
-                        decision.detail)
+        return dataclasses.replace(decision, verdict=Verdict.REPORT)
     return decision
 
 
@@ -90,6 +90,7 @@ def _match(rules: tuple[Rule, ...], dest: Destination) -> Decision:
     ]
     if not by_path:
         if spelling is not None:
-            return Decision(Verdict.DENY, Reason.PATH_NOT_CANONICAL, by_method[0], True, spelling)
+            return Decision(Verdict.DENY, Reason.PATH_NOT_CANONICAL, by_method[0], True,
+                            detail=spelling)
         return Decision(Verdict.DENY, Reason.PATH_NOT_ALLOWED, by_method[0], True)
     return Decision(Verdict.ALLOW, Reason.ALLOWED, by_path[0], True)

@@ -68,6 +68,9 @@ def adv(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[A
               dns: {{nameservers: ["{dns.address}"], timeout: 2}}
               networks: {{allow: ["{UPSTREAM_IP}/32"]}}
               upstream_ca: upstream-ca.pem
+              # Every denial on its own line, however many a property test makes (the flood
+              # budget that folds repeats is tested in test_audit_flood.py).
+              audit: {{budget: 1000000, budget_distinct: 1000000}}
             skills:
               mallory:
                 allow:

@@ -175,9 +175,6 @@ def test_h2_other_control_bytes_are_refused_by_egress(rw: ReqWorld,
     assert rw.h2.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason="h2 refuses these before any egress hook and mitmproxy "
-                   "only logs 'HTTP/2 protocol error'; auditing mitmproxy's own refusals is the "
-                   "envelope-layers branch (issue 11 item 6). Remove this mark when it lands.")
 def test_h2_protocol_error_on_header_bytes_is_audited(rw: ReqWorld) -> None:
     rw.reset()
     before = rw.audit_count()
