@@ -167,7 +167,7 @@ def main() -> None:
     import ssl
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from moto.server import MotoRequestHandler
+    from moto.server import MotoRequestHandler  # type: ignore[attr-defined]
     from werkzeug.serving import run_simple
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -21,7 +21,7 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,9 +164,9 @@ class ApiServer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _call(self, coro: Awaitable[Any]) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         assert self._loop is not None, "server not started"
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(LOOP_TIMEOUT)
 
     async def _up(self) -> None:

@@ -102,7 +102,8 @@ def save_artifacts(driver: WebDriver, directory: Path, stem: str = "browser-fail
         saved.append(page)
     with contextlib.suppress(Exception):
         console = directory / "browser-console.log"
-        console.write_text("\n".join(json.dumps(e) for e in driver.get_log("browser")))
+        entries = driver.get_log("browser")  # type: ignore[attr-defined]  # Chrome's driver
+        console.write_text("\n".join(json.dumps(e) for e in entries))
         saved.append(console)
     return saved
 
