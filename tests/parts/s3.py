@@ -27,11 +27,18 @@ Routing. moto takes the service from the credential scope of the Authorization h
 AWS. TLS uses a certificate from the test CA for ``s3.aws.test``, ``*.s3.aws.test`` and the
 listening address.
 
-Not implemented (moto or here): chunk signatures of ``aws-chunked`` streaming uploads are
-decoded, not verified; presigned-URL expiry; region mismatch errors
-(AuthorizationHeaderMalformed); SigV2; state survives only as long as the process (a restart
-starts empty, new keys). Follows AWS's "Authenticating Requests (AWS Signature Version 4)"
-for Amazon S3 and its error code list.
+Clients. boto3 >= 1.36 uploads (PutObject, UploadPart) as ``aws-chunked`` with
+``x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER`` and a CRC trailer by default;
+``client(..., request_checksum_calculation="when_required")`` gives the classic
+``UNSIGNED-PAYLOAD`` (and ``s3={"payload_signing_enabled": True}`` a signed SHA-256 payload).
+Through egress: ``s3.client(AwsKeys("AKIA...", "placeholder"), proxy=egress_url,
+ca_path=egress_ca)`` — the server must see the real keys, or it answers InvalidAccessKeyId.
+
+Not implemented (moto or here): chunk signatures (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) and
+trailing checksums of ``aws-chunked`` uploads are decoded, not verified; presigned-URL
+expiry; region mismatch errors (AuthorizationHeaderMalformed); SigV2; state survives only as
+long as the process (a restart starts empty, with new keys). Follows AWS's "Authenticating
+Requests (AWS Signature Version 4)" for Amazon S3 and S3's error code list.
 """
 
 from __future__ import annotations
