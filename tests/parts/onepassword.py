@@ -66,8 +66,13 @@ def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _now(after: str | None = None) -> str:
+    """RFC 3339 UTC with microseconds; strictly later than ``after`` when given."""
+    now = dt.datetime.now(dt.UTC)
+    if after is not None:
+        previous = dt.datetime.strptime(after, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+        now = max(now, previous + dt.timedelta(microseconds=1))
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -300,7 +305,7 @@ class OnePasswordConnect:
                     item.fields.append(self._field(label, value, sid))
             held.items[item.id] = item
             held.content_version += 1
-            held.updated_at = _now()
+            held.updated_at = _now(after=held.updated_at)
             return item.id
 
     @staticmethod
@@ -318,13 +323,19 @@ class OnePasswordConnect:
                 raise KeyError(f"no field {label!r} in {title!r}")
             targets[0].value = value
             item.version += 1
-            item.updated_at = _now()
+            item.updated_at = _now(after=item.updated_at)
+            vault_held = self._state.vaults[item.vault_id]
+            vault_held.content_version += 1
+            vault_held.updated_at = _now(after=vault_held.updated_at)
             return item.version
 
     def delete_item(self, vault: str, title: str) -> None:
         with self._state.lock:
             item = self._item(vault, title)
-            del self._vault(vault).items[item.id]
+            held = self._vault(vault)
+            del held.items[item.id]
+            held.content_version += 1
+            held.updated_at = _now(after=held.updated_at)
 
     def item_json(self, vault: str, title: str) -> dict[str, Any]:
         with self._state.lock:

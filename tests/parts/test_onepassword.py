@@ -81,9 +81,12 @@ def test_rotation_changes_value_version_and_updated_at(op: OnePasswordConnect,
                                                        http: httpx.Client) -> None:
     token = op.add_token()
     before = op.item_json("Skills", "Stripe")
+    vault_before = get(http, op, "/v1/vaults", token, filter='name eq "Skills"').json()[0]
     assert op.set_field("Skills", "Stripe", "credential", "sk_test_2") == 2
     after = op.item_json("Skills", "Stripe")
-    assert after["updatedAt"] > before["updatedAt"]
+    assert after["updatedAt"] > before["updatedAt"] and after["version"] == 2
+    vault_after = get(http, op, "/v1/vaults", token, filter='name eq "Skills"').json()[0]
+    assert vault_after["contentVersion"] == vault_before["contentVersion"] + 1
     assert resolve(http, op, token, "Skills", "Stripe", "credential") == "sk_test_2"
 
 
