@@ -17,6 +17,8 @@ import pytest
 import trustme
 
 from tests.dnsserver import DnsServer
+# Headless Chromium fixture, and the hook that lets it save a screenshot when a test failed.
+from tests.parts.browser import browser, pytest_runtest_makereport  # noqa: F401
 from tests.proxy import Proxy, run_proxy
 from tests.upstream import Upstream, run_upstream
 
