@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from egress.leakscan import (
+from egress.credentials.detect import (
     BodyRedactor,
     BodyScanner,
     echo_forms,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from egress.proxy.upgrades import request_refusal, switch_refusal
 from egress.reasons import Reason
-from egress.upgrades import request_refusal, switch_refusal
 
 WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
       ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]

@@ -1,12 +1,12 @@
-"""egress.websocket and egress.connclose without a proxy: the key search, and that the wrappers
+"""egress.proxy.websocket and egress.proxy.connclose without a proxy: the key search, and that the wrappers
 still fit the installed mitmproxy (end to end: tests/adversarial/test_websocket_abuse.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from egress import connclose, websocket
 from egress.policy.load import load_policy_texts
+from egress.proxy import connclose, websocket
 from egress.secrets import Secret
 
 POLICY = """

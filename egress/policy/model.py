@@ -11,10 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from egress.secrets.config import SecretSettings
+from egress.policy.secret_refs import SecretRef
+from egress.policy.secret_settings import SecretSettings
 
 __all__ = [
     "AuditSettings",
@@ -93,7 +92,7 @@ class Rule:
 @dataclass(frozen=True)
 class Credential:
     name: str
-    secret: str  # a secret reference such as "vault:secret/skills/x#api_key" -- never a value
+    secret: SecretRef  # where the value lives ("vault:secret/skills/x#api_key"), never a value
     header: str
     format: str  # contains "{secret}" exactly once
     placeholder: str | None

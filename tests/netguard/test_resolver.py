@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from egress.errors import ResolveError
-from egress.netguard import DnsResolver, parse_nameserver
+from egress.netguard import DnsResolver
+from egress.policy.hosts import parse_nameserver
 from tests.dnsserver import (  # noqa: F401  (dns_server is a fixture)
     ALIAS,
     ALLOWED,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from egress.audit import AuditRecord
-from egress.audit_fold import Budget, DenialFolder
+from egress.audit.fold import Budget, DenialFolder
+from egress.ops.ratelimit import RateLimiter
 from egress.policy.load import load_policy_texts
 from egress.policy.model import AuditSettings, Limits
-from egress.ratelimit import RateLimiter
 
 
 class Clock:

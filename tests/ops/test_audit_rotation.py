@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from egress.audit import AuditRecord, AuditWriter, Rotation
-from egress.audit_query import audit_files, follow, read_all
+from egress.audit.query import audit_files, follow, read_all
 
 
 class Clock:

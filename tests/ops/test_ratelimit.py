@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from egress.ops.ratelimit import Bucket, Exceeded, RateLimiter, refill
 from egress.policy.model import Limits
-from egress.ratelimit import Bucket, Exceeded, RateLimiter, refill
 from tests.ops.conftest import (
     OpsWorld,
     audit_where,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from egress.brokerage import Brokerage, Refused
-from egress.inject import bound_to
+from egress.credentials.broker import Brokerage, Refused, bound_to
 from egress.policy.decide import Destination, Verdict, decide
 from egress.policy.load import load_policy_texts
 from egress.policy.match import path_spelling_problem

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from egress.secrets import VaultBackend, VaultSettings
+from egress.policy.secret_settings import VaultSettings
+from egress.secrets import VaultBackend
 from tests.openbao import READ_POLICY, WRITE_POLICY, OpenBao, openbao_server
 from tests.secrets.helpers import ManualClock
 

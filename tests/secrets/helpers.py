@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Callable
 
 from egress.errors import SecretNotFound
-from egress.secrets import Secret, SecretRef, VaultBackend, VaultSettings, parse_secret_ref
+from egress.policy.secret_refs import SecretRef, parse_secret_ref
+from egress.policy.secret_settings import VaultSettings
+from egress.secrets import Secret, VaultBackend
 from tests.openbao import OpenBao
 
 MakeVault = Callable[..., VaultBackend]

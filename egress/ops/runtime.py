@@ -15,27 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egress.audit import AUDIT_FILE, AuditRecord, AuditWriter, Rotation
-from egress.audit_fold import Budget, DenialFolder
+from egress.audit.fold import Budget, DenialFolder
+from egress.audit.records import AuditRecord
+from egress.audit.writer import AUDIT_FILE, AuditWriter, Rotation
 from egress.errors import PolicyErrors
 from egress.identity import TokenStore
-from egress.netguard import AddressGuard, DnsResolver, NetworkPolicy, local_interface_addresses
+from egress.netguard import AddressGuard, DnsResolver, local_interface_addresses
+from egress.policy.addresses import NetworkPolicy
 from egress.policy.load import load_policy_dir
 from egress.policy.model import PolicySet
-from egress.secrets import SecretBroker, SecretSettings, build_broker
+from egress.policy.secret_settings import SecretSettings
+from egress.secrets import SecretCache, build_secret_cache
 
-__all__ = ["Runtime", "default_data_dir", "flush_audit_periodically"]
+__all__ = ["ReloadStatus", "Runtime", "flush_audit_periodically"]
 
 log = logging.getLogger("egress")
-
-
-def default_data_dir() -> Path:
-    """$EGRESS_DATA_DIR, else the per-user state directory ($XDG_STATE_HOME/egress)."""
-    env = os.environ.get("EGRESS_DATA_DIR")
-    if env:
-        return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "egress"
 
 
 @dataclass
@@ -54,7 +48,7 @@ class Runtime:
     audit: AuditWriter
     guard: AddressGuard
     self_addresses: frozenset[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]
-    broker: SecretBroker
+    secrets: SecretCache  # the secret cache credentials are fetched through
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
     folder: DenialFolder = field(default_factory=DenialFolder)  # the audit budget
 
@@ -81,7 +75,7 @@ class Runtime:
             policy_dir=Path(policy_dir), data_dir=data, policy=policy,
             tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy)),
             guard=guard, self_addresses=self_addresses,
-            broker=build_broker(policy.settings.secrets or SecretSettings()),
+            secrets=build_secret_cache(policy.settings.secrets or SecretSettings()),
             folder=DenialFolder(_budget(policy)),
         )
 
@@ -103,7 +97,7 @@ class Runtime:
         return False
 
     def apply_policy(self, new: PolicySet) -> bool:
-        """Swap in a validated policy and what derives from it (guard networks, broker)."""
+        """Swap in a validated policy and what derives from it (guard networks, secret cache)."""
         if new.settings.dns != self.policy.settings.dns:
             dns = new.settings.dns
             self.guard = AddressGuard(
@@ -114,10 +108,11 @@ class Runtime:
         else:
             self.guard.replace_networks(_networks(new, self.self_addresses))
         if new.settings.secrets != self.policy.settings.secrets:
-            # New backends or cache settings: start a fresh broker; the old one's open
+            # New backends or cache settings: start a fresh cache; the old one's open
             # sessions are closed by the event loop's task (no I/O here).
-            old_broker, self.broker = self.broker, build_broker(new.settings.secrets or SecretSettings())
-            _close_later(old_broker)
+            old_cache, self.secrets = self.secrets, build_secret_cache(
+                new.settings.secrets or SecretSettings())
+            _close_later(old_cache)
         self.audit.rotation = _rotation(new)
         self.folder.budget = _budget(new)
         old, self.policy = self.policy.digest, new
@@ -145,12 +140,12 @@ class Runtime:
             self.audit.write(line)
 
 
-def _close_later(broker: SecretBroker) -> None:
+def _close_later(cache: SecretCache) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    loop.create_task(broker.close())
+    loop.create_task(cache.close())
 
 
 def _rotation(policy: PolicySet) -> Rotation:

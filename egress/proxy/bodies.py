@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 from mitmproxy import ctx, http
 
-from egress.leakscan import BodyRedactor, BodyScanner, echo_forms, encoded_forms
+from egress.credentials.detect import BodyRedactor, BodyScanner, echo_forms, encoded_forms
 
 __all__ = ["ENCODED", "abort_upstream", "redact_message", "request_scanner", "response_redactor",
            "unreadable_encoding"]

@@ -11,18 +11,79 @@ Runs after the policy allowed a request and before it leaves egress. Outcomes:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from egress.credentials.detect import text_carries
 from egress.errors import SecretError
-from egress.inject import bound_to, carried_credentials, inject
 from egress.policy.decide import Destination
-from egress.policy.model import Rule, SkillPolicy
+from egress.policy.match import path_matches, path_spelling_problem
+from egress.policy.model import Credential, Rule, SkillPolicy
 from egress.reasons import Reason
-from egress.secrets import Secret, SecretBroker, SecretRef, parse_secret_ref
+from egress.secrets import Secret, SecretCache
 
-__all__ = ["Brokerage", "Injected", "Refused"]
+__all__ = ["REDACTED", "Brokerage", "Injected", "Refused", "bound_to", "carried_credentials",
+           "inject", "redact"]
+
+REDACTED = "[redacted-by-egress]"
+
+
+def carried_credentials(
+    skill: SkillPolicy, texts: Iterable[str], known: Mapping[str, Secret]
+) -> set[str]:
+    """Names of the skill's credentials whose placeholder or real value appears in `texts`.
+
+    `texts` are header values and the request target; `known` maps credential names to values
+    egress has fetched (a skill that somehow learnt a real key is caught too). Found raw,
+    percent-, base64- or hex-encoded, or split across the texts in order (egress/leakscan.py).
+    """
+    found: set[str] = set()
+    items = list(texts)
+    for name, cred in skill.credentials.items():
+        needles = [cred.placeholder] if cred.placeholder else []
+        secret = known.get(name)
+        if secret is not None:
+            needles.append(secret.reveal())
+        if any(text_carries(n, items) for n in needles if n):
+            found.add(name)
+    return found
+
+
+def bound_to(skill: SkillPolicy, credential: str, host: str, port: int, path: str | None) -> bool:
+    """True when some rule of `skill` names `credential` and matches this destination.
+    A path that is not spelt plainly matches no rule's `paths` (see path_spelling_problem)."""
+    for rule in skill.index.lookup(host):
+        if rule.credential != credential or port not in rule.ports:
+            continue
+        if rule.paths is None:
+            return True
+        if path is not None and path_spelling_problem(path) is None and any(
+                path_matches(p, path) for p in rule.paths):
+            return True
+    return False
+
+
+def inject(fields: list[tuple[str, str]], cred: Credential, value: str) -> list[tuple[str, str]]:
+    """Headers with the credential put in.
+
+    With a placeholder that the skill sent, every occurrence in header values is replaced.
+    Otherwise the credential's header is set to its format, replacing whatever the skill sent.
+    """
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("secret value contains a line break or NUL; refusing to send it")
+    if cred.placeholder and any(cred.placeholder in v for _, v in fields):
+        return [(k, v.replace(cred.placeholder, value)) for k, v in fields]
+    header = cred.header.lower()
+    out = [(k, v) for k, v in fields if k.lower() != header]
+    out.append((cred.header, cred.format.replace("{secret}", value)))
+    return out
+
+
+def redact(fields: list[tuple[str, str]], value: str) -> list[tuple[str, str]] | None:
+    """Response headers with any echo of the secret replaced, or None if there was none."""
+    if not value or not any(value in v for _, v in fields):
+        return None
+    return [(k, v.replace(value, REDACTED)) for k, v in fields]
 
 
 @dataclass(frozen=True)
@@ -39,11 +100,6 @@ class Injected:
     stale: bool
 
 
-@functools.lru_cache(maxsize=4096)
-def _ref(text: str) -> SecretRef:
-    return parse_secret_ref(text)  # validated at load time; cached so it is parsed once
-
-
 class Brokerage:
     def __init__(self) -> None:
         # Real values fetched per (skill, credential): lets egress spot a skill that sends a
@@ -55,7 +111,7 @@ class Brokerage:
         return self._known.get(skill, {})
 
     async def prepare(
-        self, broker: SecretBroker, skill: SkillPolicy, rule: Rule | None, dest: Destination,
+        self, broker: SecretCache, skill: SkillPolicy, rule: Rule | None, dest: Destination,
         fields: list[tuple[str, str]], target: str, *, verified_tls: bool,
     ) -> Injected | Refused | None:
         known = self._known.get(skill.name, {})
@@ -73,7 +129,7 @@ class Brokerage:
             return Refused(Reason.TLS_REQUIRED, f"credential {wanted} is only sent over verified TLS")
         cred = skill.credentials[wanted]
         try:
-            cached = await broker.get(_ref(cred.secret))
+            cached = await broker.get(cred.secret)
         except SecretError as exc:
             # The exception text names the reference, never a value.
             return Refused(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {type(exc).__name__}")

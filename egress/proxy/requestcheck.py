@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from egress.flowinfo import host_and_port
+from egress.policy.hosts import authority
 from egress.reasons import Reason
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def authority_problem(head: RequestHead, host: str, port: int, *,
     if require_host and not head.hosts and not (head.http2 and head.authority):
         return Problem(Reason.HOST_MISMATCH, "no Host header")
     for what, value in named:
-        if host_and_port(value, port) != (host, port):
+        if authority(value, port) != (host, port):
             return Problem(Reason.HOST_MISMATCH,
                            f"{what} {value[:100]!r} differs from the destination {host}:{port}")
     return None

@@ -33,49 +33,48 @@ from mitmproxy.exceptions import AddonHalt, OptionsError
 from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
-from egress import connclose, header_limit, websocket
 from egress.audit import AuditRecord, new_request_id
-from egress.body_guard import (
+from egress.credentials.broker import Brokerage, Injected, Refused, redact
+from egress.errors import PolicyErrors
+from egress.identity import parse_proxy_authorization
+from egress.netguard import Blocked, Vetted
+from egress.ops.datadir import default_data_dir
+from egress.ops.metrics import Metrics
+from egress.ops.ratelimit import RateLimiter
+from egress.ops.runtime import Runtime, flush_audit_periodically
+from egress.policy.decide import Decision, Destination, Verdict, decide
+from egress.policy.hosts import is_host_name, listen_addresses, normalise_host, parse_ip_literal
+from egress.policy.model import ConnectionSettings, Mode, PolicySet
+from egress.proxy import connclose, header_limit, websocket
+from egress.proxy.bodies import (
     redact_message,
     request_scanner,
     response_redactor,
     unreadable_encoding,
 )
-from egress.brokerage import Brokerage, Injected, Refused
-from egress.connguard import ConnectionGuard
-from egress.errors import PolicyErrors
-from egress.flowinfo import (
+from egress.proxy.ca import ca_dir, ensure_ca
+from egress.proxy.connections import ConnectionTracker
+from egress.proxy.connguard import ConnectionGuard
+from egress.proxy.flows import (
     audit_record,
-    is_host_name,
-    listen_addresses,
     peer_address,
     requested_destination,
 )
-from egress.identity import parse_proxy_authorization
-from egress.inject import redact
-from egress.layers import ClosingLayer, LayerChooser, Refusal
-from egress.metrics import Metrics
-from egress.netguard import Blocked, Vetted, parse_ip_literal
-from egress.policy.decide import Decision, Destination, Verdict, decide
-from egress.policy.match import normalise_host
-from egress.policy.model import ConnectionSettings, Mode, PolicySet
-from egress.protocol_audit import ProtocolErrorAudit, install_hostless_log
-from egress.ratelimit import RateLimiter
-from egress.reasons import Reason
-from egress.requestcheck import (
+from egress.proxy.layers import ClosingLayer, LayerChooser, Refusal
+from egress.proxy.protocol_audit import ProtocolErrorAudit, install_hostless_log
+from egress.proxy.requestcheck import (
     check_head,
     header_problem,
     judged_path,
     method_problem,
     read_head,
 )
+from egress.proxy.tunnels import Tunnel, sni_matches
+from egress.proxy.upgrades import request_refusal, switch_refusal
+from egress.proxy.websocket import WebSocketGuard
+from egress.reasons import Reason
 from egress.responses import refusal
-from egress.runtime import Runtime, default_data_dir, flush_audit_periodically
 from egress.secrets import Secret
-from egress.traffic import ConnectionTracker
-from egress.tunnels import Tunnel, sni_matches
-from egress.upgrades import request_refusal, switch_refusal
-from egress.websocket import WebSocketGuard
 
 __all__ = ["EgressAddon"]
 
@@ -158,8 +157,6 @@ class EgressAddon:
         self._configure_tls(self.runtime)
 
     def _configure_tls(self, runtime: Runtime) -> None:
-        from egress.cli.ca import ca_dir, ensure_ca
-
         updates: dict[str, object] = {}
         if ctx.options.confdir == "~/.mitmproxy":
             # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
@@ -612,7 +609,7 @@ class EgressAddon:
             return True
         fields = [(k, v) for k, v in flow.request.headers.items(multi=True)]
         outcome = await self._brokerage.prepare(
-            self.runtime.broker, skill_policy, decision.rule, dest, fields,
+            self.runtime.secrets, skill_policy, decision.rule, dest, fields,
             flow.request.path, verified_tls=tls)
         if isinstance(outcome, Refused):
             self._refuse(flow, outcome.reason, skill, dest, "http", rid, decision,
@@ -707,7 +704,7 @@ class EgressAddon:
             self.metrics.dns(failed=isinstance(result, Blocked) and result.reason == Reason.DNS_FAILURE)
         if isinstance(result, Blocked):
             # Never relaxed by report mode: these protect the operator, not the policy.
-            self._refuse(flow, Reason(result.reason), skill, dest, kind, rid, decision,
+            self._refuse(flow, result.reason, skill, dest, kind, rid, decision,
                          detail=result.detail)
             return None
         return result

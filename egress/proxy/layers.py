@@ -40,8 +40,8 @@ from mitmproxy.proxy.layers.http import HTTPMode, HttpStream
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHello
 
+from egress.proxy.tunnels import Tunnel, sni_matches
 from egress.reasons import Reason
-from egress.tunnels import Tunnel, sni_matches
 
 __all__ = ["MAX_CLIENTHELLO_BYTES", "MAX_REQUEST_LINE_BYTES", "ClosingLayer", "LayerChooser",
            "Pending", "Refusal", "Sniffed", "request_line", "sniff"]

@@ -18,18 +18,18 @@ import logging
 import signal
 from typing import Any
 
-from egress.admin import AdminServer
-from egress.netguard import parse_ip_literal
-from egress.reload import Reloader
+from egress.ops.admin import AdminServer
+from egress.ops.reload import Reloader
+from egress.policy.hosts import parse_ip_literal
 
-__all__ = ["Operations"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("egress")
 
 _DRAIN_POLL = 0.1
 
 
-class Operations:
+class Supervisor:
     def __init__(self, master: Any, addon: Any, *, admin: tuple[str, int] | None,
                  admin_token: str | None = None, drain_seconds: float = 10.0,
                  watch_interval: float = 1.0) -> None:

@@ -1,4 +1,4 @@
-"""IP literal parsing and address classification (egress.netguard.addresses)."""
+"""IP literal parsing (egress/policy/hosts.py) and address classification (egress/policy/addresses.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import socket
 
 import pytest
 
-from egress.netguard import (
+from egress.policy.addresses import (
     LABELS,
     NetworkPolicy,
     classify,
     describe,
     embedded_ipv4,
-    parse_ip_literal,
     parse_network,
 )
+from egress.policy.hosts import parse_ip_literal
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address

@@ -23,8 +23,8 @@ from typing import Any
 from mitmproxy import connection
 from mitmproxy.proxy import events, layer
 
-from egress.metrics import Metrics
-from egress.ratelimit import RateLimiter
+from egress.ops.metrics import Metrics
+from egress.ops.ratelimit import RateLimiter
 
 __all__ = ["ConnectionTracker", "CountingLayer"]
 

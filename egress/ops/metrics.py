@@ -20,7 +20,9 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "SecretStats", "Snapshot", "render_family"]
+from egress.secrets.cache import CacheStats
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "Snapshot", "render_family"]
 
 OTHER = "_other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -84,14 +86,6 @@ class _Histogram(_Family):
 
 
 @dataclass(frozen=True)
-class SecretStats:
-    fetches: int = 0
-    failures: int = 0
-    hits: int = 0
-    stale_uses: int = 0
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """State read from the running proxy at scrape time."""
 
@@ -100,7 +94,7 @@ class Snapshot:
     reloads_failed: int = 0
     reload_failing: bool = False  # the last reload attempt was rejected
     open_connections: Mapping[str, int] = field(default_factory=dict)  # skill ("" = not yet known)
-    secrets: SecretStats | None = None
+    secrets: CacheStats | None = None  # a copy of the secret cache's counters
     audit_lines: int = 0
     audit_write_errors: int = 0
     audit_rotations: int = 0

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egress.netguard import parse_ip_literal
 from egress.policy.decide import Decision
-from egress.policy.match import normalise_host
+from egress.policy.hosts import normalise_host, parse_ip_literal
 from egress.reasons import Reason
 
 __all__ = ["Tunnel", "sni_matches"]

@@ -1,13 +1,8 @@
-"""Reading IP literals the way the OS does, and deciding which addresses egress may dial.
+"""Which addresses egress may dial: the built-in address classes and ``settings.networks``.
 
-Pure: no I/O, no clock. Two jobs:
+Pure: no I/O, no clock (IP literals are parsed in egress/policy/hosts.py). The network guard
+(egress/netguard) applies this to every address it resolves; `egress check` (lint) to rules.
 
-* ``parse_ip_literal`` tells an address from a hostname. It accepts every IPv4 spelling
-  ``inet_aton`` accepts (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``) and IPv6 with
-  brackets and zone ids. A host whose last label is a number but which is not a valid address
-  (``1.2.3.4.5``, ``0x``, ``08``, ``256.1.1.1``) is *neither*: parsers disagree about such strings
-  (glibc sends ``0x`` to DNS, a browser reads it as ``0.0.0.0``), so it raises ``ValueError``
-  and the caller denies it.
 * ``classify`` says why an ``(address, port)`` may not be dialled, or ``None`` when it may.
   The order: cloud metadata addresses (never opened), egress's own listening addresses,
   ``settings.networks.deny``, then the built-in classes, which ``settings.networks.allow`` opens.
@@ -22,20 +17,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from egress.policy.hosts import IPAddress
+
 __all__ = [
     "LABELS",
-    "IPAddress",
     "IPNetwork",
     "NetworkPolicy",
     "classify",
     "describe",
     "embedded_ipv4",
     "explain",
-    "parse_ip_literal",
     "parse_network",
 ]
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Range: TypeAlias = tuple[int, int]
 
@@ -59,98 +53,6 @@ _PHRASES = {
     "unique_local": "a unique-local (fc00::/7) address",
 }
 LABELS = frozenset(_PHRASES)
-
-# ---------------------------------------------------------------------------------------------
-# Parsing
-
-_DEC = frozenset("0123456789")
-_OCT = frozenset("01234567")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_ZONE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
-
-
-def parse_ip_literal(host: str) -> IPAddress | None:
-    """Return the address ``host`` spells, ``None`` if it is a hostname.
-
-    Raises ``ValueError`` (with a message fit to show) when ``host`` is neither: empty, holds
-    whitespace or control characters, is a bracketed or ``:``/``%``-bearing string that is not
-    IPv6, or ends in a numeric label without being an address ``inet_aton`` accepts. A host
-    ending in a number cannot be a real DNS name (no top-level domain is numeric), so refusing
-    it loses nothing and closes every gap between parsers. IPv6 zone ids may be written
-    ``%eth0`` or, as in URLs (RFC 6874), ``%25eth0``; they are kept on the address.
-    """
-    if not host:
-        raise ValueError("the host is empty")
-    if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in host):
-        raise ValueError(f"{host!r} contains whitespace or control characters")
-    if host.startswith("[") or host.endswith("]"):
-        if not (host.startswith("[") and host.endswith("]")):
-            raise ValueError(f"{host} has unbalanced brackets")
-        return _parse_ipv6(host[1:-1], host)
-    if ":" in host or "%" in host:
-        return _parse_ipv6(host, host)
-    if not _ends_in_number(host):
-        return None
-    value = _inet_aton(host)
-    if value is None:
-        raise ValueError(f"{host} looks like an IPv4 address but is not a valid one")
-    return ipaddress.IPv4Address(value)
-
-
-def _parse_ipv6(text: str, original: str) -> ipaddress.IPv6Address:
-    addr, percent, zone = text.partition("%")
-    if percent:
-        if zone.startswith("25") and len(zone) > 2:
-            zone = zone[2:]  # URL form: "%25" is an escaped "%"
-        if not zone or not set(zone) <= _ZONE:
-            raise ValueError(f"{original} has an invalid IPv6 zone id")
-    try:
-        ip = ipaddress.IPv6Address(addr)
-    except ipaddress.AddressValueError:
-        raise ValueError(f"{original} is not a valid IPv6 address") from None
-    return ipaddress.IPv6Address(f"{ip.compressed}%{zone}") if percent else ip
-
-
-def _ends_in_number(host: str) -> bool:
-    """Whether the last label (ignoring one trailing dot) is decimal digits or 0x-hex."""
-    labels = host.split(".")
-    last = labels[-2] if labels[-1] == "" and len(labels) > 1 else labels[-1]
-    if not last:
-        return False
-    if set(last) <= _DEC:
-        return True
-    return last[:2] in ("0x", "0X") and set(last[2:]) <= _HEX
-
-
-def _inet_aton(text: str) -> int | None:
-    """glibc/musl ``inet_aton``: 1-4 parts, each decimal, 0-octal or 0x-hex; the last fills the rest."""
-    parts = text.split(".")
-    if len(parts) > 4:
-        return None
-    values = []
-    for part in parts:
-        value = _aton_part(part)
-        if value is None:
-            return None
-        values.append(value)
-    *head, last = values
-    if any(v > 0xFF for v in head) or last >= 1 << (8 * (4 - len(head))):
-        return None
-    result = 0
-    for v in head:
-        result = result << 8 | v
-    return result << (8 * (4 - len(head))) | last
-
-
-def _aton_part(part: str) -> int | None:
-    # Characters are checked before int(): int() would also take "_", "+" and Unicode digits.
-    if part[:2] in ("0x", "0X"):
-        digits = part[2:]
-        return int(digits, 16) if digits and set(digits) <= _HEX else None
-    if part.startswith("0"):
-        return int(part, 8) if set(part) <= _OCT else None
-    return int(part) if part and set(part) <= _DEC else None
-
 
 def parse_network(text: str) -> IPNetwork:
     """Parse a ``settings.networks`` entry; ``ValueError`` says what to write instead."""

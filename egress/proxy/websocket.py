@@ -26,18 +26,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from egress.audit import new_request_id
-from egress.flowinfo import audit_record
-from egress.inject import bound_to
+from egress.credentials.broker import bound_to
 from egress.policy.decide import Destination
 from egress.policy.model import SkillPolicy
+from egress.proxy.flows import audit_record
 from egress.reasons import Reason
 from egress.secrets import Secret
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
-    from egress.metrics import Metrics
-    from egress.runtime import Runtime
+    from egress.ops.metrics import Metrics
+    from egress.ops.runtime import Runtime
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "WebSocketGuard", "WsRefusal", "credentials_in", "install"]
 

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from egress.audit import AUDIT_FILE, parse_record, read_records
-from egress.units import parse_duration
+from egress.audit.records import parse_record, read_records
+from egress.audit.writer import AUDIT_FILE
+from egress.policy.units import parse_duration
 
 __all__ = [
     "DENIAL_DECISIONS",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egress.runtime import Runtime
+from egress.ops.runtime import Runtime
 
 __all__ = ["ReloadResult", "Reloader", "fingerprint"]
 

@@ -57,7 +57,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from egress import sandbox, syscall_filter
+from egress.jail import sandbox, syscall_filter
 
 __all__ = ["DEFAULT_MASK", "JailSpec", "Namespace", "command_pid", "exit_status", "run",
            "unavailable"]

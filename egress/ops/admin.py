@@ -15,6 +15,7 @@ with hmac.compare_digest and never logged or echoed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -29,9 +30,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from egress.errors import ConfigError
-from egress.metrics import Metrics, SecretStats, Snapshot
-from egress.reload import Reloader
-from egress.runtime import Runtime
+from egress.ops.metrics import Metrics, Snapshot
+from egress.ops.reload import Reloader
+from egress.ops.runtime import Runtime
 
 __all__ = ["ADMIN_TOKEN_ENV", "ADMIN_TOKEN_FILE", "AdminServer", "Operated", "admin_token",
            "check_admin_bind", "is_loopback", "snapshot"]
@@ -99,10 +100,8 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
     rt = target.runtime
     if rt is None:
         return Snapshot(open_connections=target.open_connections())
-    stats = getattr(getattr(rt, "broker", None), "stats", None)
-    secrets = None if stats is None else SecretStats(
-        fetches=stats.fetches, failures=stats.failures, hits=stats.hits,
-        stale_uses=stats.stale_uses)
+    stats = getattr(getattr(rt, "secrets", None), "stats", None)
+    secrets = None if stats is None else dataclasses.replace(stats)  # a copy: they keep counting
     failing = reloader.failing if reloader is not None else rt.reloads.last_error is not None
     # Every skill of the policy reports 0 rather than vanishing when its last connection closes.
     conns = {"": 0, **dict.fromkeys(rt.policy.skills, 0), **target.open_connections()}
@@ -241,7 +240,7 @@ class AdminServer:
             return self._ping.ok
         ok = False
         try:
-            ok = await asyncio.wait_for(rt.broker.ping(), _PING_TIMEOUT)
+            ok = await asyncio.wait_for(rt.secrets.ping(), _PING_TIMEOUT)
         except Exception:  # unreachable or timed out is "not ready", never a crash
             ok = False
         self._ping = _Ping(now, ok)

@@ -1,79 +1,27 @@
-"""The audit log: one JSON object per line in DATA_DIR/audit.jsonl.
+"""Writing the audit log: one JSON object per line in DATA_DIR/audit.jsonl.
 
-Every denial (and every 407) is written; allowed decisions too when `settings.audit.log_allowed`.
 Each record is written with a single `os.write` on an O_APPEND descriptor: the line is in the
 kernel the moment the call returns, so it survives a crash of the process, and concurrent
 writers never interleave within a line. A line is ~300 bytes, so the write costs microseconds
 and can stay on the event loop.
-
-What never goes in: secret values, Authorization/Cookie/Proxy-Authorization values, query
-strings, bodies. AuditRecord has no field that could hold them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-__all__ = ["AUDIT_FILE", "SCHEMA_VERSION", "AuditRecord", "AuditWriter", "Rotation", "new_request_id",
-           "read_records", "parse_record", "timestamp"]
+from egress.audit.records import AuditRecord
+
+__all__ = ["AUDIT_FILE", "AuditWriter", "Rotation"]
 
 AUDIT_FILE = "audit.jsonl"
-SCHEMA_VERSION = 1
-
-
-def new_request_id() -> str:
-    return secrets.token_hex(8)
-
-
-def timestamp() -> str:
-    """Now, as an audit line's `ts`: RFC 3339 UTC with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    decision: str  # allow | deny | report
-    reason: str  # a Reason code
-    kind: str  # connect | http | tls
-    host: str  # as requested, normalised
-    port: int
-    skill: str | None = None  # None when unauthenticated
-    client: str | None = None  # "ip:port" of the skill's connection
-    method: str | None = None
-    scheme: str | None = None
-    path: str | None = None  # never with a query string
-    rule: str | None = None  # "file:line host" of the rule that matched
-    resolved: str | None = None  # the address dialled, if any
-    policy: str | None = None  # digest of the policy in force
-    detail: str | None = None  # short extra context safe to show (e.g. "127.0.0.1 is loopback")
-    credential: str | None = None  # the *name* of a brokered credential, never its value
-    # A summary line of identical denials folded under the audit budget (egress/audit_fold.py):
-    # how many denials it stands for (none of them written on its own), first and last seen.
-    folded: int | None = None
-    first_seen: str | None = None
-    last_seen: str | None = None
-    id: str = field(default_factory=new_request_id)
-    ts: str = field(default_factory=timestamp)
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {"v": SCHEMA_VERSION}
-        data.update((k, v) for k, v in asdict(self).items() if v is not None or k in _ALWAYS)
-        # ASCII only: a skill-controlled path with C1 controls (U+009B is a one-character
-        # CSI), bidi overrides or U+2028 then cannot act on a terminal running `tail -f`,
-        # nor split the line for readers that honour Unicode line breaks (str.splitlines).
-        return json.dumps(data, separators=(",", ":"))
-
-
-_ALWAYS = frozenset({"skill", "ts", "id", "decision", "reason", "host", "port", "kind"})
 
 
 @dataclass(frozen=True)
@@ -173,23 +121,3 @@ def _first_line_time(path: str, default: float) -> float:
         return datetime.fromisoformat(ts).timestamp()
     except (OSError, ValueError, KeyError, TypeError):
         return default
-
-
-def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the records of one audit file; lines that are not JSON objects are skipped."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            record = parse_record(line)
-            if record is not None:
-                yield record
-
-
-def parse_record(line: str | bytes) -> dict[str, Any] | None:
-    """One audit line as a dict, or None for a blank, torn or foreign line."""
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None

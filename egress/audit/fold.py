@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from egress.audit import AuditRecord, new_request_id, timestamp
+from egress.audit.records import AuditRecord, new_request_id, timestamp
 
 __all__ = ["Budget", "DenialFolder", "FOLDED_DECISIONS"]
 
