@@ -15,12 +15,19 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["SCHEMA_VERSION", "AuditRecord", "new_request_id", "parse_record", "read_records",
+from egress.policy.decide import Verdict
+from egress.reasons import Reason
+
+__all__ = ["SCHEMA_VERSION", "AuditKind", "AuditRecord", "new_request_id", "parse_record", "read_records",
            "timestamp"]
 
 SCHEMA_VERSION = 1
+
+# What was judged: a CONNECT, an HTTP request (plain or in a tunnel), a TLS handshake, what a
+# tunnel carried, a client connection (timeouts, caps), a WebSocket message.
+AuditKind = Literal["connect", "http", "tls", "tunnel", "connection", "websocket"]
 
 
 def new_request_id() -> str:
@@ -34,9 +41,9 @@ def timestamp() -> str:
 
 @dataclass(frozen=True)
 class AuditRecord:
-    decision: str  # allow | deny | report
-    reason: str  # a Reason code
-    kind: str  # connect | http | tls
+    decision: Verdict  # allow | deny | report
+    reason: Reason
+    kind: AuditKind
     host: str  # as requested, normalised
     port: int
     skill: str | None = None  # None when unauthenticated

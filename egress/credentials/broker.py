@@ -1,12 +1,16 @@
-"""The credential step of a request: refuse stray credentials, fetch and inject the bound one.
+"""Brokering a skill's credentials: refuse stray ones, fetch and inject the bound one.
 
-Runs after the policy allowed a request and before it leaves egress. Outcomes:
-  * Refused(CREDENTIAL_EXFILTRATION)  a placeholder or real key of the skill is in a request
+`CredentialBroker.prepare` runs after the policy allowed a request and before it leaves egress
+(the gate calls it). Outcomes:
+  * Problem(CREDENTIAL_EXFILTRATION)  a placeholder or real key of the skill is in a request
                                       to a destination that credential is not bound to
-  * Refused(TLS_REQUIRED)             a credential would travel without verified TLS
-  * Refused(CREDENTIAL_UNAVAILABLE)   the secret manager cannot produce it (fail closed)
+  * Problem(TLS_REQUIRED)             a credential would travel without verified TLS
+  * Problem(CREDENTIAL_UNAVAILABLE)   the secret manager cannot produce it (fail closed)
   * Injected(headers, ...)            headers with the key in them
   * nothing to do                     (None)
+`unbound` says what a request body must not carry, `stray_in_message` what a WebSocket message
+must not. Every search goes through the one detector (egress/credentials/detect.py): headers,
+targets, bodies and messages are searched for the same raw and encoded forms.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from egress.credentials.detect import text_carries
+from egress.credentials.detect import content_carries, text_carries
 from egress.errors import SecretError
 from egress.policy.decide import Destination
 from egress.policy.match import path_matches, path_spelling_problem
 from egress.policy.model import Credential, Rule, SkillPolicy
-from egress.reasons import Reason
+from egress.reasons import Problem, Reason
 from egress.secrets import Secret, SecretCache
 
-__all__ = ["REDACTED", "Brokerage", "Injected", "Refused", "bound_to", "carried_credentials",
+__all__ = ["REDACTED", "CredentialBroker", "Injected", "bound_to", "carried_credentials",
            "inject", "redact"]
 
 REDACTED = "[redacted-by-egress]"
@@ -35,7 +39,7 @@ def carried_credentials(
 
     `texts` are header values and the request target; `known` maps credential names to values
     egress has fetched (a skill that somehow learnt a real key is caught too). Found raw,
-    percent-, base64- or hex-encoded, or split across the texts in order (egress/leakscan.py).
+    percent-, base64- or hex-encoded, or split across the texts in order (egress/credentials/detect.py).
     """
     found: set[str] = set()
     items = list(texts)
@@ -87,12 +91,6 @@ def redact(fields: list[tuple[str, str]], value: str) -> list[tuple[str, str]] |
 
 
 @dataclass(frozen=True)
-class Refused:
-    reason: Reason
-    detail: str
-
-
-@dataclass(frozen=True)
 class Injected:
     fields: list[tuple[str, str]]
     credential: str
@@ -100,7 +98,7 @@ class Injected:
     stale: bool
 
 
-class Brokerage:
+class CredentialBroker:
     def __init__(self) -> None:
         # Real values fetched per (skill, credential): lets egress spot a skill that sends a
         # real key where it does not belong. Only ever compared, never logged.
@@ -111,9 +109,9 @@ class Brokerage:
         return self._known.get(skill, {})
 
     async def prepare(
-        self, broker: SecretCache, skill: SkillPolicy, rule: Rule | None, dest: Destination,
+        self, secrets: SecretCache, skill: SkillPolicy, rule: Rule | None, dest: Destination,
         fields: list[tuple[str, str]], target: str, *, verified_tls: bool,
-    ) -> Injected | Refused | None:
+    ) -> Injected | Problem | None:
         known = self._known.get(skill.name, {})
         carried = carried_credentials(skill, [v for _, v in fields] + [target], known) \
             if skill.credentials else set()
@@ -121,22 +119,22 @@ class Brokerage:
         stray = sorted(c for c in carried if c != wanted
                        and not bound_to(skill, c, dest.host, dest.port, dest.path))
         if stray:
-            return Refused(Reason.CREDENTIAL_EXFILTRATION,
+            return Problem(Reason.CREDENTIAL_EXFILTRATION,
                            f"carries credential {', '.join(stray)} bound to other hosts")
         if wanted is None:
             return None
         if not verified_tls:
-            return Refused(Reason.TLS_REQUIRED, f"credential {wanted} is only sent over verified TLS")
+            return Problem(Reason.TLS_REQUIRED, f"credential {wanted} is only sent over verified TLS")
         cred = skill.credentials[wanted]
         try:
-            cached = await broker.get(cred.secret)
+            cached = await secrets.get(cred.secret)
         except SecretError as exc:
             # The exception text names the reference, never a value.
-            return Refused(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {type(exc).__name__}")
+            return Problem(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {type(exc).__name__}")
         try:
             new_fields = inject(fields, cred, cached.secret.reveal())
         except ValueError as exc:
-            return Refused(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {exc}")
+            return Problem(Reason.CREDENTIAL_UNAVAILABLE, f"credential {wanted}: {exc}")
         self._known.setdefault(skill.name, {})[wanted] = cached.secret
         # The response is redacted while it streams; a compressed one could not be read.
         new_fields = [(k, v) for k, v in new_fields if k.lower() != "accept-encoding"]
@@ -144,18 +142,33 @@ class Brokerage:
         return Injected(new_fields, wanted, cached.secret, cached.stale)
 
     def unbound(self, skill: SkillPolicy, dest: Destination, wanted: str | None
-                ) -> dict[str, list[str]]:
+                ) -> dict[str, tuple[str, ...]]:
         """What a request body to `dest` must not carry: for each credential of `skill` not
         bound there (other than `wanted`, the one injected), its placeholder and, once egress
         has fetched it, its real value."""
-        known = self._known.get(skill.name, {})
-        out: dict[str, list[str]] = {}
-        for name, cred in skill.credentials.items():
+        out: dict[str, tuple[str, ...]] = {}
+        for name in skill.credentials:
             if name == wanted or bound_to(skill, name, dest.host, dest.port, dest.path):
                 continue
-            values = [cred.placeholder] if cred.placeholder else []
-            if name in known:
-                values.append(known[name].reveal())
+            values = self._needles(skill, name)
             if values:
                 out[name] = values
         return out
+
+    def stray_in_message(self, skill: SkillPolicy, content: bytes, dest: Destination, *,
+                         verified_tls: bool) -> list[str]:
+        """Credentials of `skill` a client WebSocket message to `dest` must not carry and does
+        (any credential outside verified TLS; else those not bound to `dest`)."""
+        return sorted(
+            name for name in skill.credentials
+            if (not verified_tls or not bound_to(skill, name, dest.host, dest.port, dest.path))
+            and any(content_carries(v, content) for v in self._needles(skill, name)))
+
+    def _needles(self, skill: SkillPolicy, name: str) -> tuple[str, ...]:
+        """The placeholder of credential `name` and, once egress has fetched it, its value."""
+        cred = skill.credentials[name]
+        values = [cred.placeholder] if cred.placeholder else []
+        known = self._known.get(skill.name, {}).get(name)
+        if known is not None:
+            values.append(known.reveal())
+        return tuple(values)

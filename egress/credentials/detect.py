@@ -1,4 +1,4 @@
-"""Finding a credential where it must not be: encoded, split across headers, or in a body.
+"""THE detector: finding a credential where it must not be, in headers, bodies and messages.
 
 Pure functions and two small streaming state machines, no I/O:
 
@@ -8,6 +8,8 @@ Pure functions and two small streaming state machines, no I/O:
 * `text_carries(value, texts)`: whether header values and a request target carry the value in
   any of those forms, after percent-decoding them (twice), including split across headers
   (`X-A: sk_live_pla` + `X-B: ceholder...`: the values are also searched joined, in order).
+* `content_carries(value, content)`: whether a whole message (a WebSocket message, text or
+  binary) holds the value in one of those forms.
 * `BodyScanner`: feeds a request body through chunk by chunk and says which credential it
   carries, holding back only the bytes that could be the start of one (see `_held`), so the
   chunk holding it is never released.
@@ -32,8 +34,8 @@ import json
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
 
-__all__ = ["BodyRedactor", "BodyScanner", "echo_forms", "encoded_forms", "redaction_for",
-           "text_carries"]
+__all__ = ["BodyRedactor", "BodyScanner", "content_carries", "echo_forms", "encoded_forms",
+           "redaction_for", "text_carries"]
 
 _MIN_CORE = 8  # shortest base64 core searched for: below that, false matches get likely
 
@@ -84,6 +86,12 @@ def text_carries(value: str, texts: Iterable[str]) -> bool:
     forms = [f.decode("utf-8", "replace") for f in encoded_forms(value)]
     haystacks = [d for t in [*items, "".join(items)] for d in _decoded(t)]
     return any(form in hay for hay in haystacks for form in forms)
+
+
+def content_carries(value: str, content: bytes) -> bool:
+    """True when a whole message or body (`content`) holds `value` in one of its encoded forms
+    (a WebSocket message: its UTF-8 text or its binary payload)."""
+    return bool(value) and any(form in content for form in encoded_forms(value))
 
 
 def _held(buf: bytes, needles: Iterable[bytes]) -> int:

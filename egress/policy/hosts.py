@@ -28,6 +28,7 @@ import idna
 __all__ = [
     "IPAddress",
     "authority",
+    "host_header",
     "is_host_name",
     "is_ip_literal",
     "listen_addresses",
@@ -242,6 +243,12 @@ def authority(text: str, default_port: int) -> tuple[str, int] | None:
         return normalise_host(host), port
     except ValueError:
         return None
+
+
+def host_header(scheme: str, host: str, port: int) -> str:
+    """The Host header naming (host, port): the port only when not the scheme's default."""
+    name = f"[{host}]" if ":" in host else host
+    return name if {"http": 80, "https": 443}.get(scheme) == port else f"{name}:{port}"
 
 
 def listen_addresses(host: str, port: int) -> frozenset[tuple[IPAddress, int]]:

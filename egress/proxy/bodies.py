@@ -1,7 +1,7 @@
-"""Bodies around a brokered credential: mitmproxy glue for egress/leakscan.py.
+"""Bodies around a brokered credential: mitmproxy glue for egress/credentials/detect.py.
 
 * Responses to a request egress put a key into are redacted while they stream: every form of
-  the key (egress/leakscan.py `echo_forms`) becomes a same-length marker, so Content-Length
+  the key (egress/credentials/detect.py `echo_forms`) becomes a same-length marker, so Content-Length
   and HTTP/2 framing stay right and nothing is buffered beyond a possible start of the key.
   A response egress cannot read (a `Content-Encoding` other than identity, which the upstream
   sent although egress asked for `Accept-Encoding: identity`) is refused: the flow is killed.
@@ -18,14 +18,16 @@ tests/adversarial/test_credential_echo.py checks it against the installed mitmpr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from mitmproxy import ctx, http
 
+from egress.credentials.broker import redact
 from egress.credentials.detect import BodyRedactor, BodyScanner, echo_forms, encoded_forms
+from egress.secrets import Secret
 
-__all__ = ["ENCODED", "abort_upstream", "redact_message", "request_scanner", "response_redactor",
-           "unreadable_encoding"]
+__all__ = ["ENCODED", "abort_upstream", "install_response_guard", "redact_message",
+           "request_scanner", "response_redactor", "unreadable_encoding"]
 
 log = logging.getLogger("egress")
 
@@ -39,6 +41,25 @@ def unreadable_encoding(response: http.Response, method: str) -> str | None:
         return None  # no body at all
     value = response.headers.get(ENCODED, "").strip().lower()
     return None if value in _READABLE else value[:40]
+
+
+def install_response_guard(flow: http.HTTPFlow, secret: Secret | None) -> str | None:
+    """Stream `flow`'s response; through the redactor when egress put `secret` into the
+    request (headers redacted now). Returns why it must be refused (an encoding egress cannot
+    read), or None."""
+    assert flow.response is not None
+    flow.response.stream = True
+    if secret is None:
+        return None
+    fields = [(k, v) for k, v in flow.response.headers.items(multi=True)]
+    cleaned = redact(fields, secret.reveal())
+    if cleaned is not None:
+        flow.response.headers = http.Headers([(k.encode(), v.encode()) for k, v in cleaned])
+    encoding = unreadable_encoding(flow.response, flow.request.method)
+    if encoding is not None:
+        return f"response Content-Encoding {encoding!r}"
+    flow.response.stream = response_redactor(secret.reveal())
+    return None
 
 
 def response_redactor(secret: str) -> Callable[[bytes], bytes]:
@@ -58,13 +79,12 @@ def redact_message(content: bytes, secret: str) -> bytes | None:
     return out if redactor.redacted else None
 
 
-def request_scanner(flow: http.HTTPFlow, needles: Mapping[str, str | list[str]],
+def request_scanner(flow: http.HTTPFlow, needles: Mapping[str, Sequence[str]],
                     on_found: Callable[[str], None]) -> Callable[[bytes], bytes]:
     """A `flow.request.stream` callable that forwards a body until it shows one of `needles`
     (credential name -> values), then aborts the upstream connection and calls on_found."""
-    scanner = BodyScanner({name: [f for v in ([vs] if isinstance(vs, str) else vs)
-                                  for f in encoded_forms(v)]
-                           for name, vs in needles.items()})
+    scanner = BodyScanner({name: [f for v in values for f in encoded_forms(v)]
+                           for name, values in needles.items()})
 
     def stream(chunk: bytes) -> bytes:
         tripped = scanner.found is not None

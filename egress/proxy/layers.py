@@ -40,6 +40,7 @@ from mitmproxy.proxy.layers.http import HTTPMode, HttpStream
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.tls import ClientHello
 
+from egress.audit.records import AuditKind
 from egress.proxy.tunnels import Tunnel, sni_matches
 from egress.reasons import Reason
 
@@ -130,7 +131,7 @@ class Refusal:
     """A tunnel egress refuses: the addon audits it and closes the client connection."""
 
     reason: Reason
-    kind: str  # audit `kind`: tls (ClientHello) or tunnel (what the tunnel carried)
+    kind: AuditKind  # tls (the ClientHello) or tunnel (what the tunnel carried)
     detail: str
 
 

@@ -19,12 +19,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from egress.audit import AuditRecord
-from egress.reasons import Reason
+from egress.proxy.record import Recorder
+from egress.proxy.requestcheck import header_problem, method_problem, read_head
+from egress.reasons import Problem, Reason
 
-__all__ = ["ProtocolErrorAudit", "RedactRawBytes", "install_hostless_log"]
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+__all__ = ["ProtocolErrorAudit", "RedactRawBytes", "install_hostless_log", "mitmproxy_refusal"]
 
 # "<client address>: <parser error>[: quoted bytes]" from mitmproxy's HTTP/1 read_headers.
 _PARSE_ERROR = re.compile(
@@ -61,11 +65,9 @@ class RedactRawBytes(logging.Filter):
 
 
 class ProtocolErrorAudit(logging.Handler):
-    def __init__(self, record: Callable[[AuditRecord], None], policy_digest: Callable[[], str],
-                 describe: Describe | None = None) -> None:
+    def __init__(self, recorder: Recorder, describe: Describe | None = None) -> None:
         super().__init__(level=logging.INFO)
-        self._record = record
-        self._digest = policy_digest
+        self._recorder = recorder
         self._describe = describe
 
     def emit(self, log_record: logging.LogRecord) -> None:
@@ -87,10 +89,8 @@ class ProtocolErrorAudit(logging.Handler):
                 detail = f"unparsable request: {match['what'].strip()}"
             known = self._describe(getattr(log_record, "client", None)) if self._describe else None
             skill, host, port = known if known is not None else (None, "", 0)
-            self._record(AuditRecord(
-                decision="deny", reason=reason, kind="http", host=host, port=port, skill=skill,
-                client=client, policy=self._digest(), detail=detail,
-            ))
+            self._recorder.denied(reason, kind="http", skill=skill, host=host, port=port,
+                                  client=client, detail=detail)
         except Exception:  # a logging handler must never raise into mitmproxy
             self.handleError(log_record)
 
@@ -132,3 +132,17 @@ def install_hostless_log() -> None:
 
     send._egress_hostless = True  # type: ignore[attr-defined]
     server.send = send  # type: ignore[method-assign]
+
+
+def mitmproxy_refusal(request: http.Request, error: str) -> Problem:
+    """Why mitmproxy refused a request it parsed (check_invalid: smuggling-prone headers, a
+    CONNECT inside a tunnel), in egress's reasons where egress would refuse the same bytes."""
+    nested = request.method.upper().startswith("CONNECT")
+    reason = Reason.NESTED_CONNECT if nested else Reason.BAD_REQUEST
+    what = "".join(c for c in error.split(":", 1)[0][:80] if c.isprintable())
+    if not nested:  # name the bytes egress refuses itself (bad_header, ...) where it can
+        head = read_head(request)
+        problem = method_problem(head.method) or header_problem(head.fields)
+        if problem is not None:
+            reason, what = problem.reason, problem.detail or what
+    return Problem(reason, f"mitmproxy refused the request: {what}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from egress.policy.hosts import authority
-from egress.reasons import Reason
+from egress.reasons import Problem, Reason
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -43,12 +43,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2 tchar
 # Control characters a field value may not hold: all but HTAB (RFC 9110 5.5).
 _VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f#]")
-
-
-@dataclass(frozen=True)
-class Problem:
-    reason: Reason
-    detail: str
 
 
 @dataclass(frozen=True)

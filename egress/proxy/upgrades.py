@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from egress.reasons import Reason
+from egress.reasons import Problem, Reason
 
 __all__ = ["request_refusal", "switch_refusal"]
 
@@ -27,24 +27,24 @@ def _values(headers: Headers, name: str) -> list[str]:
 
 
 def request_refusal(method: str, headers: Headers, *, http2: bool,
-                    websocket_enabled: bool = True) -> tuple[Reason, str] | None:
+                    websocket_enabled: bool = True) -> Problem | None:
     """Why a request asking to switch protocols (or open a tunnel) is refused, or None."""
     if method.upper().startswith("CONNECT"):
-        return Reason.NESTED_CONNECT, f"{method[:16]} request"
+        return Problem(Reason.NESTED_CONNECT, f"{method[:16]} request")
     upgrades = _values(headers, "upgrade")
     if not upgrades:
         return None
     what = upgrades[0].strip()[:40]
     if len(upgrades) != 1 or what.lower() != "websocket":
-        return Reason.UPGRADE_NOT_ALLOWED, f"Upgrade: {what!r} (only websocket is allowed)"
+        return Problem(Reason.UPGRADE_NOT_ALLOWED, f"Upgrade: {what!r} (only websocket is allowed)")
     if http2:
-        return Reason.UPGRADE_NOT_ALLOWED, "Upgrade header on an HTTP/2 request"
+        return Problem(Reason.UPGRADE_NOT_ALLOWED, "Upgrade header on an HTTP/2 request")
     if method != "GET":
-        return Reason.UPGRADE_NOT_ALLOWED, f"WebSocket upgrade with method {method[:16]}"
+        return Problem(Reason.UPGRADE_NOT_ALLOWED, f"WebSocket upgrade with method {method[:16]}")
     if [v.strip() for v in _values(headers, "sec-websocket-version")] != ["13"]:
-        return Reason.UPGRADE_NOT_ALLOWED, "WebSocket upgrade without Sec-WebSocket-Version: 13"
+        return Problem(Reason.UPGRADE_NOT_ALLOWED, "WebSocket upgrade without Sec-WebSocket-Version: 13")
     if not websocket_enabled:
-        return Reason.UPGRADE_NOT_ALLOWED, "WebSocket is disabled (mitmproxy option websocket)"
+        return Problem(Reason.UPGRADE_NOT_ALLOWED, "WebSocket is disabled (mitmproxy option websocket)")
     return None
 
 

@@ -7,8 +7,8 @@ messages took egress from 93 MB to 231 MB of RSS (issue 17). `install()` wraps t
   * each message is dropped from the flow as soon as the hooks have seen it (nothing retained);
   * a message larger than the flow's cap (settings.websocket.max_message), finished or still
     arriving in fragments, closes both sides: 1009 to its sender, 1001 to the other;
-  * a message the `websocket_message` hook refused (WebSocketGuard: a placeholder or real key
-    to a host the credential is not bound to) closes both sides: 1008 to the client.
+  * a message the `websocket_message` hook refused (WebSocketGuard: a placeholder or real key,
+    raw or encoded (egress/credentials/detect.py), to a host the credential is not bound to) closes both sides: 1008 to the client.
 Either refusal is left on the flow; WebSocketGuard.end() writes its one audit line.
 
 Like header_limit, install() wraps a private mitmproxy method: it checks the shape it wraps and
@@ -21,25 +21,24 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from egress.audit import new_request_id
-from egress.credentials.broker import bound_to
+from egress.credentials.broker import CredentialBroker
 from egress.policy.decide import Destination
-from egress.policy.model import SkillPolicy
-from egress.proxy.flows import audit_record
+from egress.policy.model import PolicySet
+from egress.proxy.bodies import redact_message
+from egress.proxy.flows import peer_address, request_line
+from egress.proxy.record import Recorder
 from egress.reasons import Reason
 from egress.secrets import Secret
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
-    from egress.ops.metrics import Metrics
-    from egress.ops.runtime import Runtime
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "WebSocketGuard", "WsRefusal", "credentials_in", "install"]
+__all__ = ["DEFAULT_MAX_MESSAGE", "WebSocketGuard", "WsRefusal", "install"]
 
 DEFAULT_MAX_MESSAGE = 4 * 2**20  # settings.websocket.max_message when no policy says otherwise
 LIMIT_KEY = "egress_ws_max_message"
@@ -59,20 +58,6 @@ class WsRefusal:
     detail: str
 
 
-def credentials_in(skill: SkillPolicy, content: bytes, known: Mapping[str, Secret]) -> set[str]:
-    """Names of the skill's credentials whose placeholder or fetched real value is in `content`
-    (a text message's UTF-8 bytes or a binary message)."""
-    found: set[str] = set()
-    for name, cred in skill.credentials.items():
-        needles = [cred.placeholder.encode()] if cred.placeholder else []
-        secret = known.get(name)
-        if secret is not None:
-            needles.append(secret.reveal().encode())
-        if any(n and n in content for n in needles):
-            found.add(name)
-    return found
-
-
 @dataclass(frozen=True)
 class _Endpoint:
     skill: str
@@ -84,11 +69,11 @@ class WebSocketGuard:
     """The addon's WebSocket hooks: the size cap of each flow, the key check on client
     messages, and the audit line of a refused connection."""
 
-    def __init__(self, runtime: Callable[[], Runtime | None],
-                 known: Callable[[str], Mapping[str, Secret]], metrics: Metrics) -> None:
-        self._runtime = runtime
-        self._known = known
-        self._metrics = metrics
+    def __init__(self, policy: Callable[[], PolicySet | None], credentials: CredentialBroker,
+                 recorder: Recorder) -> None:
+        self._policy = policy
+        self._credentials = credentials
+        self._recorder = recorder
         self._endpoints: weakref.WeakKeyDictionary[http.HTTPFlow, _Endpoint] = (
             weakref.WeakKeyDictionary())
 
@@ -98,9 +83,9 @@ class WebSocketGuard:
             self._endpoints[flow] = _Endpoint(skill, dest, tls)
 
     def start(self, flow: http.HTTPFlow) -> None:
-        runtime = self._runtime()
-        flow.metadata[LIMIT_KEY] = (runtime.policy.settings.websocket.max_message
-                                    if runtime is not None else DEFAULT_MAX_MESSAGE)
+        policy = self._policy()
+        flow.metadata[LIMIT_KEY] = (policy.settings.websocket.max_message
+                                    if policy is not None else DEFAULT_MAX_MESSAGE)
 
     def message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
@@ -108,26 +93,35 @@ class WebSocketGuard:
         if not message.from_client:
             return
         endpoint = self._endpoints.get(flow)
-        runtime = self._runtime()
-        if endpoint is None or runtime is None:
+        policy = self._policy()
+        if endpoint is None or policy is None:
             # Every WebSocket egress relays was admitted as a request: never happens; fail closed.
             self._refuse(flow, message, WsRefusal(Reason.INTERNAL_ERROR, CLOSE_POLICY, True,
                                                   "WebSocket message on a connection egress "
                                                   "did not admit"))
             return
-        skill = runtime.policy.skills.get(endpoint.skill)
+        skill = policy.skills.get(endpoint.skill)
         if skill is None or not skill.credentials:
             return
-        dest = endpoint.dest
-        stray = sorted(
-            c for c in credentials_in(skill, message.content, self._known(endpoint.skill))
-            if not endpoint.tls or not bound_to(skill, c, dest.host, dest.port, dest.path))
+        stray = self._credentials.stray_in_message(skill, message.content, endpoint.dest,
+                                                   verified_tls=endpoint.tls)
         if stray:
             self._refuse(flow, message, WsRefusal(
                 Reason.CREDENTIAL_EXFILTRATION, CLOSE_POLICY, True,
                 f"WebSocket message carries credential {', '.join(stray)} bound to other hosts"
                 if endpoint.tls else
                 f"WebSocket message carries credential {', '.join(stray)} outside verified TLS"))
+
+    @staticmethod
+    def redact_echo(flow: http.HTTPFlow, secret: Secret | None) -> None:
+        """Redact the key in a message from an upstream egress gave it to (an echo)."""
+        if secret is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            cleaned = redact_message(message.content, secret.reveal())
+            if cleaned is not None:
+                message.content = cleaned
 
     @staticmethod
     def _refuse(flow: http.HTTPFlow, message: Any, refusal: WsRefusal) -> None:
@@ -145,16 +139,14 @@ class WebSocketGuard:
     def end(self, flow: http.HTTPFlow) -> None:
         endpoint = self._endpoints.pop(flow, None)
         refusal: WsRefusal | None = flow.metadata.get(REFUSAL_KEY)
-        runtime = self._runtime()
-        if refusal is None or runtime is None:
+        if refusal is None:
             return
         skill = endpoint.skill if endpoint is not None else None
         dest = endpoint.dest if endpoint is not None else Destination(flow.request.pretty_host,
                                                                       flow.request.port)
-        self._metrics.decision("deny", refusal.reason, skill, dest.host)
-        runtime.record(audit_record(runtime.policy.digest, flow, "deny", refusal.reason, skill,
-                                    dest, "websocket", new_request_id(), None,
-                                    detail=refusal.detail))
+        self._recorder.denied(refusal.reason, kind="websocket", skill=skill, host=dest.host,
+                              port=dest.port, client=peer_address(flow.client_conn),
+                              detail=refusal.detail, request=request_line(flow))
 
 
 # -- the layer wrapper ---------------------------------------------------------------------------
