@@ -22,7 +22,8 @@ from egress.policy.secret_settings import (
 )
 from egress.secrets import CachedSecret, EnvBackend, SecretCache, VaultBackend, build_secret_cache
 from tests.openbao import OpenBao
-from tests.secrets.helpers import BrokenBackend, GatedBackend, ManualClock
+from tests.fakes import FakeClock
+from tests.fakes import FakeSecretBackend
 
 REF = parse_secret_ref("vault:secret/skills/stripe#api_key")
 CACHE = CacheSettings(ttl=60.0, jitter=0.0, grace=300.0)
@@ -30,7 +31,7 @@ CACHE = CacheSettings(ttl=60.0, jitter=0.0, grace=300.0)
 
 @pytest.fixture
 async def broker_for(
-    bao: OpenBao, reader_token: str, clock: ManualClock
+    bao: OpenBao, reader_token: str, clock: FakeClock
 ) -> AsyncIterator[Callable[[CacheSettings], SecretCache]]:
     """Brokers over a VaultBackend on the test's OpenBao, with the manual clock."""
     made: list[SecretCache] = []
@@ -50,7 +51,7 @@ async def broker_for(
 
 
 async def test_value_is_served_from_the_cache_within_ttl(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -62,7 +63,7 @@ async def test_value_is_served_from_the_cache_within_ttl(
 
 
 async def test_rotation_is_picked_up_after_ttl(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -103,8 +104,8 @@ async def test_concurrent_gets_share_one_fetch(
     assert broker.stats.fetches == 1
 
 
-async def test_callers_arriving_during_a_fetch_wait_for_it(clock: ManualClock) -> None:
-    backend = GatedBackend({"K": "v"})
+async def test_callers_arriving_during_a_fetch_wait_for_it(clock: FakeClock) -> None:
+    backend = FakeSecretBackend({"K": "v"}, gated=True)
     broker = SecretCache({"env": backend}, CACHE, clock=clock)
     ref = parse_secret_ref("env:K")
     first = asyncio.create_task(broker.get(ref))
@@ -119,8 +120,8 @@ async def test_callers_arriving_during_a_fetch_wait_for_it(clock: ManualClock) -
     await broker.close()
 
 
-async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: ManualClock) -> None:
-    backend = GatedBackend({"K": "v"})
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: FakeClock) -> None:
+    backend = FakeSecretBackend({"K": "v"}, gated=True)
     broker = SecretCache({"env": backend}, CACHE, clock=clock)
     ref = parse_secret_ref("env:K")
     impatient = asyncio.create_task(broker.get(ref))
@@ -137,7 +138,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: Manual
 
 
 async def test_backend_down_within_grace_serves_the_stale_value(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -151,7 +152,7 @@ async def test_backend_down_within_grace_serves_the_stale_value(
 
 
 async def test_backend_down_past_grace_fails_closed(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -168,7 +169,7 @@ async def test_backend_down_past_grace_fails_closed(
 
 
 async def test_grace_zero_never_serves_stale(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CacheSettings(ttl=60, jitter=0, grace=0))
@@ -191,7 +192,7 @@ async def test_cold_start_with_backend_down_fails_closed(
 
 
 async def test_backend_back_after_an_outage_serves_fresh_values(
-    bao: OpenBao, clock: ManualClock
+    bao: OpenBao, clock: FakeClock
 ) -> None:
     # The root token: the dev server forgets every other token when it restarts.
     vault = VaultBackend(VaultSettings(addr=bao.addr, token_env="T"), environ={"T": bao.root_token})
@@ -212,7 +213,7 @@ async def test_backend_back_after_an_outage_serves_fresh_values(
 
 
 async def test_not_found_is_never_papered_over(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -240,7 +241,7 @@ async def test_not_found_is_never_papered_over(
     ],
 )
 async def test_jitter_spreads_expiry_around_ttl(
-    clock: ManualClock, rand: float, age: float, fresh: bool
+    clock: FakeClock, rand: float, age: float, fresh: bool
 ) -> None:
     backend = EnvBackend({"K": "v"})
     broker = SecretCache(
@@ -257,7 +258,7 @@ async def test_jitter_spreads_expiry_around_ttl(
     assert broker.stats.fetches == (1 if fresh else 2)
 
 
-async def test_unconfigured_scheme_fails_closed(clock: ManualClock) -> None:
+async def test_unconfigured_scheme_fails_closed(clock: FakeClock) -> None:
     broker = build_secret_cache(SecretSettings(), environ={})
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(REF)
@@ -269,9 +270,9 @@ async def test_unconfigured_scheme_fails_closed(clock: ManualClock) -> None:
 
 
 async def test_a_backend_breaking_its_contract_fails_closed_without_echoing(
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    broker = SecretCache({"vault": BrokenBackend()}, CACHE, clock=clock)
+    broker = SecretCache({"vault": FakeSecretBackend(broken="contract")}, CACHE, clock=clock)
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(REF)
     assert (
@@ -280,8 +281,8 @@ async def test_a_backend_breaking_its_contract_fails_closed_without_echoing(
     await broker.close()  # the backend's failing close is logged, not raised
 
 
-async def test_close_closes_each_backend_once_and_refuses_later_gets(clock: ManualClock) -> None:
-    shared = GatedBackend({})
+async def test_close_closes_each_backend_once_and_refuses_later_gets(clock: FakeClock) -> None:
+    shared = FakeSecretBackend({}, gated=True)
     broker = SecretCache({"env": shared, "file": shared}, CACHE, clock=clock)
     await broker.close()
     assert shared.closes == 1
