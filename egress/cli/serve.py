@@ -8,7 +8,6 @@ hands off to the proxy and its supervisor (egress/ops/supervisor.py). The proxy'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -45,6 +44,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     host, port = address_arg(args.listen, "--listen")
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(args.log_level.upper())
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 async def serve(policies: Path, data: Path, host: str, port: int, *,
                 admin: tuple[str, int] | None = None, admin_token: str | None = None,
                 drain_seconds: float = 10.0, audit: str | None = None) -> int:
-    from mitmproxy.exceptions import OptionsError
+    import asyncio
 
     from egress.errors import PolicyErrors
     from egress.ops.supervisor import Supervisor
@@ -88,7 +89,7 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
         log.warning("policy: %s", warning)  # rules that can never work (see egress check)
     try:
         m = build_master(policies, data, host, port, audit=audit, policy=policy)
-    except OptionsError as exc:
+    except ConfigError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
     ops = Supervisor(m, m.addons.get("egressaddon"), admin=admin, admin_token=admin_token,
