@@ -139,7 +139,7 @@ class Group:
 def group(records: Iterable[dict[str, Any]], by: str) -> list[Group]:
     """Counts and first/last seen per value of `by` (host, skill or reason), most first.
 
-    A summary line of folded denials (egress/audit_fold.py) counts as the `folded` denials it
+    A summary line of folded denials (egress/audit/fold.py) counts as the `folded` denials it
     stands for, seen from its `first_seen` to its `last_seen`."""
     if by not in _GROUP_KEYS:
         raise ValueError(f"cannot group by {by!r}; use one of {', '.join(_GROUP_KEYS)}")

@@ -56,7 +56,7 @@ class AuditRecord:
     policy: str | None = None  # digest of the policy in force
     detail: str | None = None  # short extra context safe to show (e.g. "127.0.0.1 is loopback")
     credential: str | None = None  # the *name* of a brokered credential, never its value
-    # A summary line of identical denials folded under the audit budget (egress/audit_fold.py):
+    # A summary line of identical denials folded under the audit budget (egress/audit/fold.py):
     # how many denials it stands for (none of them written on its own), first and last seen.
     folded: int | None = None
     first_seen: str | None = None

@@ -1,7 +1,7 @@
 """`egress exec --skill SKILL -- COMMAND`: run a command whose only way out is egress.
 
 The command runs in a network namespace that holds nothing but a loopback interface and a
-relay to egress, in its own PID namespace under a syscall filter (egress/jail.py explains
+relay to egress, in its own PID namespace under a syscall filter (egress/jail/namespace.py explains
 why it is built that way), with the skill's proxy credentials in HTTP_PROXY/HTTPS_PROXY/
 ALL_PROXY and a CA bundle that trusts egress for hosts it intercepts. Clients that honour the
 proxy variables work unchanged; everything else (direct connections, raw sockets, DNS, IPv6,

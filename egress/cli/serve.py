@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     handler.setLevel(args.log_level.upper())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Loggers pass INFO on even when the operator prints less: egress audits refusals that
-    # mitmproxy only reports as INFO log lines (see egress/protocol_audit.py).
+    # mitmproxy only reports as INFO log lines (see egress/proxy/protocol_audit.py).
     logging.basicConfig(level=min(logging.INFO, handler.level), handlers=[handler])
     from egress.ops.admin import admin_token, check_admin_bind
 

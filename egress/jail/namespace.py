@@ -20,10 +20,10 @@ and there is nothing else to reach:
   this process is SIGKILLed.
 - A network namespace alone is not enough when a process *outside* it can be made to connect
   for the command: a process of the same user can be ptraced and steered (issue 17). So the
-  command also gets, from bubblewrap (egress/sandbox.py): its own PID namespace (it is PID 2,
+  command also gets, from bubblewrap (egress/jail/sandbox.py): its own PID namespace (it is PID 2,
   the child of the jail's init; no host process is visible, signalable or traceable), a
   private /proc and /dev, its own IPC namespace (no host SysV IPC or POSIX message queues),
-  and a seccomp filter (egress/syscall_filter.py) that refuses ptrace, process_vm_*, pidfds,
+  and a seccomp filter (egress/jail/syscall_filter.py) that refuses ptrace, process_vm_*, pidfds,
   kcmp, every namespace and mount call, keyrings, bpf, perf, userfaultfd, io_uring and
   TIOCSTI (typing into the caller's terminal).
 - The command runs as an unprivileged user with no_new_privs, no capabilities and no

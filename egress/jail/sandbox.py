@@ -1,12 +1,12 @@
 """How `egress exec` starts the command inside the jail: bubblewrap's arguments and the two
-short stages around it (egress/jail.py builds the network namespace and calls these).
+short stages around it (egress/jail/namespace.py builds the network namespace and calls these).
 
     egress exec (root)
       └─ enter   python -I -S, root: parent-death signal, join the jail's network namespace,
          │       exec bwrap (nothing else of the host's changes for it)
          └─ bwrap (root, outside)  new PID, IPC and mount namespaces: private /proc and /dev,
             │    resolver hidden; keeps CAP_SETUID/SETGID/DAC_READ_SEARCH only; no_new_privs;
-            │    installs the seccomp filter (egress/syscall_filter.py) and runs, as PID 2:
+            │    installs the seccomp filter (egress/jail/syscall_filter.py) and runs, as PID 2:
             └─ drop  python -I -S, filtered: become the user for good, clear every capability,
                      check, exec COMMAND
 

@@ -3,7 +3,7 @@
     GET  /healthz   200 while the process serves: policy digest, last reload, audit errors
     GET  /readyz    200 when a policy is loaded, the token store is readable and the secret
                     manager (if one is configured) answers; 503 otherwise, and while draining
-    GET  /metrics   Prometheus text format (see egress/metrics.py)
+    GET  /metrics   Prometheus text format (see egress/ops/metrics.py)
     POST /reload    reload the policy now: 200 with the new digest, 422 with the errors
 
 It listens on loopback by default. Bound to any other address it requires a bearer token

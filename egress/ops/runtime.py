@@ -129,7 +129,7 @@ class Runtime:
         self.guard.replace_networks(_networks(self.policy, self.self_addresses))
 
     def record(self, record: AuditRecord) -> None:
-        """Write `record`, or fold it under the audit budget (egress/audit_fold.py)."""
+        """Write `record`, or fold it under the audit budget (egress/audit/fold.py)."""
         for line in self.folder.admit(record):
             self.audit.write(line)
 

@@ -1,6 +1,6 @@
 """What runs around the proxy while `egress serve` is up: reload watcher, admin endpoint, signals.
 
-    start:    policy watcher + SIGHUP (egress/reload.py), admin endpoint (egress/admin.py),
+    start:    policy watcher + SIGHUP (egress/ops/reload.py), admin endpoint (egress/ops/admin.py),
               SIGTERM/SIGINT handlers
     SIGTERM:  stop accepting connections, let open ones finish for up to `drain_seconds`,
               then stop the proxy; a second SIGTERM/SIGINT stops at once

@@ -77,7 +77,8 @@ def _ranges(*cidrs: str) -> tuple[_Range, ...]:
 
 
 def _table(*rows: tuple[str, str]) -> tuple[tuple[int, int, str], ...]:
-    return tuple((lo, hi, label) for (lo, hi), (_, label) in zip(_ranges(*(c for c, _ in rows)), rows))
+    ranges = _ranges(*(c for c, _ in rows))
+    return tuple((lo, hi, label) for (lo, hi), (_, label) in zip(ranges, rows, strict=True))
 
 
 # Always denied, whatever allow says. Sources: provider documentation (AWS IMDS and ECS/EKS

@@ -166,7 +166,7 @@ class AuditSettings:
     max_bytes: int = 100 * 2**20  # rotate before the file would grow past this; 0: never
     max_files: int = 10  # rotated files kept; older ones are deleted
     max_age: float | None = None  # seconds; rotate a file whose first line is older
-    # The audit budget (egress/audit_fold.py): per skill and interval, this many denial lines in
+    # The audit budget (egress/audit/fold.py): per skill and interval, this many denial lines in
     # full, then up to budget_distinct more (one per distinct denial); the rest are folded.
     budget: int = 60
     budget_interval: float = 60.0  # seconds

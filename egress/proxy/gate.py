@@ -161,13 +161,11 @@ class Gate:
         skill = self._identify(state, arrival, rid)
         if isinstance(skill, Refused):
             return skill
-        dest = self._target(arrival, skill, rid)
-        if isinstance(dest, Refused):
-            return dest
-        host_hdr = None
+        target = self._target(arrival, skill, rid)
+        if isinstance(target, Refused):
+            return target
+        dest, host_hdr = target
         if arrival.kind == "http":
-            assert arrival.head is not None
-            dest, host_hdr = dest
             problem = self._upgrade(arrival)
             judged = self._judge(state, arrival, skill, dest, rid)
             if isinstance(judged, Refused):
@@ -236,7 +234,7 @@ class Gate:
         return skill
 
     def _target(self, arrival: Arrival, skill: str, rid: str
-                ) -> Destination | tuple[Destination, str | None] | Refused:
+                ) -> tuple[Destination, str | None] | Refused:
         """CONNECT: the destination. Plain HTTP: the destination with method and path, after
         the head's checks (header bytes, origin-form, one Host naming the URI's host), and the
         Host header to add when there is none (RFC 9112 7.2: a proxy generates it)."""
@@ -245,7 +243,7 @@ class Gate:
         except ValueError as exc:
             return Refused(Reason.BAD_REQUEST, f"host: {exc}", skill, _requested(arrival), rid)
         if arrival.kind == "connect":
-            return Destination(host, arrival.port)
+            return Destination(host, arrival.port), None
         head = arrival.head
         assert head is not None
         problem = check_head(head, host, arrival.port, require_host=False)

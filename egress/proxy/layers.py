@@ -4,7 +4,7 @@ mitmproxy's NextLayer addon guesses a connection's protocol from whatever bytes 
 Given the first byte of a ClientHello alone, or `POS` without the rest of its request line,
 it guessed "raw TCP" and relayed everything after unjudged: no SNI check, no interception, no
 request checks. So for a connection with an approved CONNECT, egress chooses the layer itself
-and waits, bounded in bytes (here) and time (egress/connguard.py), for bytes that prove it:
+and waits, bounded in bytes (here) and time (egress/proxy/connguard.py), for bytes that prove it:
 
     position                 bytes / ALPN                          layer
     tunnel start             complete ClientHello, SNI == host     passthrough (TCP, ignored)
@@ -194,7 +194,7 @@ class LayerChooser:
 
     @staticmethod
     def kind(chosen: layer.Layer, client: connection.Client) -> Literal["http1", "relay", "tls"]:
-        """What a chosen layer means for request-head timing (egress/connguard.py)."""
+        """What a chosen layer means for request-head timing (egress/proxy/connguard.py)."""
         if isinstance(chosen, HttpLayer):
             return "relay" if client.alpn == b"h2" else "http1"  # HTTP/2: no HTTP/1 heads
         return "tls" if isinstance(chosen, ServerTLSLayer) else "relay"

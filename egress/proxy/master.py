@@ -44,7 +44,7 @@ def build_master(policies: Path, data: Path, host: str, port: int, *,
 def _options(policies: Path, data: Path, audit: str | None) -> dict[str, object]:
     return dict(
         connection_strategy="lazy",
-        rawtcp=False,  # no raw relay on mitmproxy's guess (egress/layers.py decides tunnels)
+        rawtcp=False,  # no raw relay on mitmproxy's guess (egress/proxy/layers.py decides tunnels)
         egress_policies=str(policies), egress_data_dir=str(data), egress_audit=audit or "",
         # Large bodies stream instead of being held in memory (uploads, downloads, SSE).
         stream_large_bodies="256k",

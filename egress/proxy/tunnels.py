@@ -1,7 +1,7 @@
 """A client connection's approved CONNECT tunnel, and the TLS checks made on it.
 
 The addon keeps one Tunnel per client connection (WeakKeyDictionary, as mitmproxy's proxyauth
-does). `sni_matches` is the one-destination rule for TLS; egress/layers.py applies it when it
+does). `sni_matches` is the one-destination rule for TLS; egress/proxy/layers.py applies it when it
 chooses the tunnel's layer, and tls_clienthello once more on intercepted tunnels.
 """
 
