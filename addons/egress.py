@@ -15,7 +15,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 if getattr(sys.modules.get("egress"), "__path__", None) is None:
     sys.modules.pop("egress", None)
 try:
-    from egress.addon import EgressAddon
+    from egress.proxy.addon import EgressAddon
 finally:
     sys.path[:] = _saved
 

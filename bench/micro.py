@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egress.identity import TokenStore
-from egress.netguard import NetworkPolicy, classify
+from egress.policy.addresses import NetworkPolicy, classify
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.load import load_policy_texts
 from egress.policy.model import PolicySet

@@ -6,9 +6,10 @@ labels, and operators write queries and alerts against them. Add codes; never re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Reason", "explain"]
+__all__ = ["Problem", "Reason", "explain"]
 
 
 class Reason(StrEnum):
@@ -47,6 +48,16 @@ class Reason(StrEnum):
     BAD_HEADER = "bad_header"
     PATH_NOT_CANONICAL = "path_not_canonical"
     WEBSOCKET_MESSAGE_TOO_BIG = "websocket_message_too_big"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why something is refused: a reason code and a detail safe to audit and show (never a
+    secret, token or header value). What the pure checks return (request heads, upgrades,
+    credentials); the gate turns it into a Refused."""
+
+    reason: Reason
+    detail: str
 
 
 # One sentence per reason, written for an agent reading a 403 body: what happened, in terms it

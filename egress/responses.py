@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from egress.reasons import Reason, explain
 
-__all__ = ["Reply", "refusal"]
+__all__ = ["Reply", "refusal", "status_of"]
 
 _STATUS: dict[Reason, int] = {
     Reason.AUTH_REQUIRED: 407,
@@ -36,6 +36,11 @@ _STATUS: dict[Reason, int] = {
 }
 
 
+def status_of(reason: Reason) -> int:
+    """The HTTP status a refusal for `reason` is answered with (403 unless listed above)."""
+    return _STATUS.get(reason, 403)
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -48,7 +53,7 @@ def refusal(
     policy_source: str | None = None,
 ) -> Reply:
     """The response for a refused request. 407s ask for credentials; the rest are JSON."""
-    status = _STATUS.get(reason, 403)
+    status = status_of(reason)
     message = explain(reason, skill=skill, host=host, port=port)
     if policy_source:
         message += f" (policy: {policy_source})"

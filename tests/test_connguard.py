@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from egress.connguard import Watch, expired
 from egress.policy.model import ConnectionSettings
+from egress.proxy.connguard import Watch, expired
 from egress.reasons import Reason
 
 S = ConnectionSettings(request_head_timeout=20, idle_before_auth=30, idle_timeout=300,

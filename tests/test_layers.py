@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from egress.layers import MAX_CLIENTHELLO_BYTES, MAX_REQUEST_LINE_BYTES, request_line, sniff
+from egress.proxy.layers import MAX_CLIENTHELLO_BYTES, MAX_REQUEST_LINE_BYTES, request_line, sniff
 
 
 def client_hello(sni: str | None = "api.example.com") -> bytes:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from egress.reasons import Reason
-from egress.requestcheck import (
+from egress.proxy.requestcheck import (
     RequestHead,
     authority_problem,
     check_head,
@@ -14,6 +13,7 @@ from egress.requestcheck import (
     method_problem,
     target_problem,
 )
+from egress.reasons import Reason
 
 BAD_HEADER, TARGET, MISMATCH = Reason.BAD_HEADER, Reason.BAD_REQUEST_TARGET, Reason.HOST_MISMATCH
 

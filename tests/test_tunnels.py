@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from egress.policy.decide import Decision, Verdict
+from egress.proxy.tunnels import Tunnel, sni_matches
 from egress.reasons import Reason
-from egress.tunnels import Tunnel, sni_matches
 
 
 def tunnel(host: str) -> Tunnel:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from egress.reasons import Reason
-from egress.upgrades import request_refusal, switch_refusal
+from egress.proxy.upgrades import request_refusal, switch_refusal
+from egress.reasons import Problem, Reason
 
 WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
       ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
@@ -37,12 +37,12 @@ WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Versi
 def test_request_refusal(method: str, headers: list[tuple[str, str]], http2: bool,
                          reason: Reason | None) -> None:
     refused = request_refusal(method, headers, http2=http2)
-    assert (refused[0] if refused else None) == reason
+    assert (refused.reason if refused else None) == reason
 
 
 def test_websocket_refused_when_mitmproxy_has_it_off() -> None:
     # mitmproxy relays a 101 raw when its websocket option is off and rawtcp on.
-    assert request_refusal("GET", WS, http2=False, websocket_enabled=False) == (
+    assert request_refusal("GET", WS, http2=False, websocket_enabled=False) == Problem(
         Reason.UPGRADE_NOT_ALLOWED, "WebSocket is disabled (mitmproxy option websocket)")
 
 

@@ -1,12 +1,15 @@
-"""egress.websocket and egress.connclose without a proxy: the key search, and that the wrappers
-still fit the installed mitmproxy (end to end: tests/adversarial/test_websocket_abuse.py)."""
+"""WebSocket messages without a proxy: the key search (the one detector, egress/credentials),
+and that the wrappers of egress/proxy/websocket.py and connclose.py still fit the installed
+mitmproxy (end to end: tests/adversarial/test_websocket_abuse.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from egress import connclose, websocket
+from egress.credentials.broker import CredentialBroker
+from egress.policy.decide import Destination
 from egress.policy.load import load_policy_texts
+from egress.proxy import connclose, websocket
 from egress.secrets import Secret
 
 POLICY = """
@@ -31,11 +34,29 @@ skills:
     pytest.param("caf\u00e9-real".encode(), {"b": "caf\u00e9-real"}, {"b"},
                  id="non-ASCII real value, UTF-8 in the message"),
     pytest.param(b"real-b-value", {}, set(), id="a value never fetched is not known"),
+    pytest.param(b'{"k": "cGhfYWFhYWFhYWFhYWFhYWFhYQ=="}', {}, {"a"},
+                 id="placeholder base64-encoded (the detector headers and bodies use)"),
+    pytest.param(b"id=%70%68%5F%61%61%61%61%61%61%61%61%61%61%61%61%61%61%61%61", {}, {"a"},
+                 id="placeholder percent-encoded"),
 ])
-def test_credentials_in(content: bytes, known: dict[str, str], found: set[str]) -> None:
+def test_stray_credentials_in_a_message(content: bytes, known: dict[str, str],
+                                        found: set[str]) -> None:
+    # Outside verified TLS every credential is stray: this is the detector's table.
     skill = load_policy_texts([("p.yaml", POLICY)]).skills["s"]
-    secrets = {k: Secret(v) for k, v in known.items()}
-    assert websocket.credentials_in(skill, content, secrets) == found
+    broker = CredentialBroker()
+    broker._known["s"] = {k: Secret(v) for k, v in known.items()}
+    dest = Destination("api.example.org", 443, "GET", "/")
+    assert set(broker.stray_in_message(skill, content, dest, verified_tls=False)) == found
+
+
+def test_a_key_bound_to_the_message_host_is_not_stray() -> None:
+    skill = load_policy_texts([("p.yaml", POLICY)]).skills["s"]
+    broker = CredentialBroker()
+    content = b"ph_aaaaaaaaaaaaaaaa"
+    bound = Destination("api.example.org", 443, "GET", "/")
+    other = Destination("other.example.org", 443, "GET", "/")
+    assert broker.stray_in_message(skill, content, bound, verified_tls=True) == []
+    assert broker.stray_in_message(skill, content, other, verified_tls=True) == ["a"]
 
 
 def test_websocket_wrapper_fits_the_installed_mitmproxy() -> None:

@@ -13,8 +13,6 @@ from typing import Any
 
 from egress.cli.common import add_json
 from egress.errors import PolicyErrors
-from egress.policy.lint import policy_warnings
-from egress.policy.load import load_policy_dir
 
 
 def register(sub: Any) -> None:
@@ -29,6 +27,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from egress.policy.lint import policy_warnings
+    from egress.policy.load import load_policy_dir
+
     try:
         policy = load_policy_dir(args.policies)
     except PolicyErrors as exc:

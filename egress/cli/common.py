@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from egress.runtime import default_data_dir
+from egress.errors import ConfigError
+from egress.ops.datadir import default_data_dir
+from egress.policy.hosts import parse_listen_address
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -22,3 +24,11 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def address_arg(text: str, what: str) -> tuple[str, int]:
+    """A HOST:PORT argument (--listen, --admin, --proxy), read by the one host:port parser."""
+    try:
+        return parse_listen_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {text!r}: {exc}") from None

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from egress.audit import AUDIT_FILE
-from egress.audit_query import Group, Query, audit_files, follow, group, parse_time, read_all
+from egress.audit.query import Group, Query, audit_files, follow, group, parse_time, read_all
 from egress.cli.common import add_data_dir, add_json, data_dir
 from egress.cli.escape import json_safe, printable
 from egress.errors import ConfigError

@@ -1,7 +1,7 @@
 """`egress exec --skill SKILL -- COMMAND`: run a command whose only way out is egress.
 
 The command runs in a network namespace that holds nothing but a loopback interface and a
-relay to egress, in its own PID namespace under a syscall filter (egress/jail.py explains
+relay to egress, in its own PID namespace under a syscall filter (egress/jail/namespace.py explains
 why it is built that way), with the skill's proxy credentials in HTTP_PROXY/HTTPS_PROXY/
 ALL_PROXY and a CA bundle that trusts egress for hosts it intercepts. Clients that honour the
 proxy variables work unchanged; everything else (direct connections, raw sockets, DNS, IPv6,
@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from egress import jail, syscall_filter
-from egress.cli.ca import ensure_ca
-from egress.cli.common import add_data_dir, data_dir
-from egress.cli.serve import parse_hostport
+from egress.cli.common import add_data_dir, address_arg, data_dir
 from egress.errors import ConfigError
 
 __all__ = ["CA_VARS", "KEPT_VARS", "PROXY_VARS", "Account", "jail_environment", "parse_env",
@@ -184,6 +181,10 @@ def ca_bundle(system_pem: str, egress_pem: str) -> str:
 # -- the command -----------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
+    from egress.jail import namespace as jail
+    from egress.jail import syscall_filter
+    from egress.proxy.ca import ensure_ca
+
     bwrap = shutil.which("bwrap")
     why = (jail.unavailable(platform=sys.platform, euid=os.geteuid(), bwrap=bwrap)
            or syscall_filter.unavailable())
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     account = resolve_account(args.user, os.environ)
     if args.policies is not None:
         _check_skill(args.skill, args.policies)
-    host, port = parse_hostport(args.proxy, "--proxy")
+    host, port = address_arg(args.proxy, "--proxy")
     _check_proxy(host, port)
     data = data_dir(args)
     egress_ca = ensure_ca(data)

@@ -15,16 +15,14 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from egress.cli.ca import ensure_bundle, ensure_ca
 from egress.cli.common import add_data_dir, add_json, data_dir
 from egress.errors import ConfigError, PolicyErrors
 from egress.identity import TokenStore
-from egress.openclaw.config import default_config_path
-from egress.openclaw.env import build_env, env_lines
-from egress.openclaw.importer import STATE_FILE, ImportOptions, ImportResult, run_import
-from egress.policy.load import load_policy_dir
+
+if TYPE_CHECKING:  # the verbs import what they need when they run (aiohttp, mitmproxy)
+    from egress.openclaw.importer import ImportOptions, ImportResult
 
 _SKILL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as in policy files: URL-safe
 _PROXY = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$")
@@ -83,6 +81,9 @@ def register(sub: Any) -> None:
 # -- import ----------------------------------------------------------------------------------
 
 def run_import_command(args: argparse.Namespace) -> int:
+    from egress.openclaw.config import default_config_path
+    from egress.openclaw.importer import ImportOptions, run_import
+
     options = ImportOptions(
         config=(args.config or default_config_path()).expanduser(),
         policies=args.policies, data_dir=data_dir(args),
@@ -158,6 +159,9 @@ def _print_summary(result: ImportResult, options: ImportOptions) -> None:
 # -- env ---------------------------------------------------------------------------------------
 
 def run_env_command(args: argparse.Namespace) -> int:
+    from egress.openclaw.env import build_env, env_lines
+    from egress.proxy.ca import ensure_bundle, ensure_ca
+
     if not _SKILL.match(args.skill):
         raise ConfigError(f"{args.skill!r} is not a skill name (letters, digits, '.', '_', '-')")
     if not _PROXY.match(args.proxy):
@@ -180,6 +184,8 @@ def run_env_command(args: argparse.Namespace) -> int:
 
 
 def _recorded(base: Path, policies: Path | None) -> tuple[Path | None, str | None]:
+    from egress.openclaw.importer import STATE_FILE
+
     try:
         state = json.loads((base / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -191,6 +197,8 @@ def _recorded(base: Path, policies: Path | None) -> tuple[Path | None, str | Non
 
 
 def _placeholders(policies: Path | None, skill: str) -> dict[str, str]:
+    from egress.policy.load import load_policy_dir
+
     if policies is None:
         print("note: no policy directory (pass --policies): no placeholders in the output",
               file=sys.stderr)

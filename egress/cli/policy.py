@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress.audit_query import Query, audit_files, parse_time, read_all, weight
+from egress.audit.query import Query, audit_files, parse_time, read_all, weight
 from egress.cli.common import add_data_dir, data_dir
 from egress.errors import ConfigError
-from egress.netguard import parse_ip_literal
+from egress.policy.hosts import parse_ip_literal
 from egress.policy.match import parse_host_pattern
 from egress.policy.suffixes import public_suffix
 

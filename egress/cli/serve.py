@@ -1,23 +1,20 @@
-"""`egress serve`: run the proxy in the foreground on a lean mitmproxy Master.
+"""`egress serve`: run the proxy in the foreground (the Master: egress/proxy/master.py).
 
-The Master carries only the addons egress needs (core options, proxy server, layer selection,
-TLS) plus EgressAddon, instead of mitmdump's ~35 defaults: measured 60-75% faster, and nothing
-that could rewrite traffic behind the policy's back (maplocal, modifyheaders, replay...).
+Parses the arguments, checks the policy and the admin endpoint before anything listens, then
+hands off to the proxy and its supervisor (egress/ops/supervisor.py). The proxy's imports
+(mitmproxy, aiohttp, dnspython) happen here, when the verb runs, not when the CLI starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from egress.cli.ca import ca_dir, ensure_ca
-from egress.cli.common import add_data_dir, data_dir
+from egress.cli.common import add_data_dir, address_arg, data_dir
 from egress.errors import ConfigError
-from egress.policy.model import PolicySet
 
 log = logging.getLogger("egress")
 
@@ -46,25 +43,19 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{what}: {text!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
 def run(args: argparse.Namespace) -> int:
-    host, port = parse_hostport(args.listen, "--listen")
+    import asyncio
+
+    host, port = address_arg(args.listen, "--listen")
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(args.log_level.upper())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Loggers pass INFO on even when the operator prints less: egress audits refusals that
-    # mitmproxy only reports as INFO log lines (see egress/protocol_audit.py).
+    # mitmproxy only reports as INFO log lines (see egress/proxy/protocol_audit.py).
     logging.basicConfig(level=min(logging.INFO, handler.level), handlers=[handler])
-    from egress.admin import admin_token, check_admin_bind
+    from egress.ops.admin import admin_token, check_admin_bind
 
-    admin = None if args.admin == "off" else parse_hostport(args.admin, "--admin")
+    admin = None if args.admin == "off" else address_arg(args.admin, "--admin")
     token = admin_token(data_dir(args)) if admin is not None else None
     if admin is not None:
         check_admin_bind(admin[0], token)  # before anything listens
@@ -73,41 +64,15 @@ def run(args: argparse.Namespace) -> int:
                              audit=args.audit))
 
 
-def build_master(policies: Path, data: Path, host: str, port: int, *,
-                 audit: str | None = None, policy: PolicySet | None = None) -> Any:
-    """A mitmproxy Master with just the addons egress needs. Call inside a running loop."""
-    from mitmproxy import master, options
-    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
-
-    from egress.addon import EgressAddon
-
-    ensure_ca(data)
-    opts = options.Options(
-        listen_host=host, listen_port=port, mode=["regular"],
-        confdir=str(ca_dir(data)),
-    )
-    m = master.Master(opts)
-    m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(),
-                 tlsconfig.TlsConfig(), errorcheck.ErrorCheck(),
-                 EgressAddon(preloaded=(str(policies), policy) if policy else None))
-    opts.update(
-        connection_strategy="lazy",
-        rawtcp=False,  # no raw relay on mitmproxy's guess (egress/layers.py decides tunnels)
-        egress_policies=str(policies), egress_data_dir=str(data), egress_audit=audit or "",
-        # Large bodies stream instead of being held in memory (uploads, downloads, SSE).
-        stream_large_bodies="256k",
-    )
-    return m
-
-
 async def serve(policies: Path, data: Path, host: str, port: int, *,
                 admin: tuple[str, int] | None = None, admin_token: str | None = None,
                 drain_seconds: float = 10.0, audit: str | None = None) -> int:
-    from mitmproxy.exceptions import OptionsError
+    import asyncio
 
     from egress.errors import PolicyErrors
-    from egress.lifecycle import Operations
+    from egress.ops.supervisor import Supervisor
     from egress.policy.load import load_policy_dir
+    from egress.proxy.master import build_master
 
     try:
         # Fail fast with file:line messages before binding a port; the proxy reuses this load.
@@ -124,10 +89,10 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
         log.warning("policy: %s", warning)  # rules that can never work (see egress check)
     try:
         m = build_master(policies, data, host, port, audit=audit, policy=policy)
-    except OptionsError as exc:
+    except ConfigError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    ops = Operations(m, m.addons.get("egressaddon"), admin=admin, admin_token=admin_token,
+    ops = Supervisor(m, m.addons.get("egressaddon"), admin=admin, admin_token=admin_token,
                      drain_seconds=drain_seconds)
     try:
         await ops.start()  # SIGTERM/SIGINT drain, SIGHUP reloads

@@ -1,52 +1,24 @@
-"""The network guard: resolve hosts, classify every address, pin connections to vetted ones.
+"""The network guard: resolve hosts, then vet every address before egress dials it.
 
-``addresses`` is pure (IP literal parsing, ``classify``, ``NetworkPolicy``); ``resolver`` is the
-dnspython adapter behind the ``Resolver`` protocol; ``guard`` ties them together in
-``AddressGuard``, which the addon calls per connection.
+``resolver`` is the dnspython adapter behind the ``Resolver`` protocol; ``guard`` ties it to
+the address classes of the policy core (egress/policy/addresses.py) in ``AddressGuard``, which
+the gate calls per CONNECT or plain-HTTP request, and ``was_vetted``, the last-line check where
+a connection opens.
+
+What it may import: the policy core, egress.errors, egress.reasons, dnspython and the standard
+library. Never mitmproxy, aiohttp, the proxy, ops or the CLI.
 """
 
 from __future__ import annotations
 
-from egress.netguard.addresses import (
-    LABELS,
-    IPAddress,
-    IPNetwork,
-    NetworkPolicy,
-    classify,
-    describe,
-    embedded_ipv4,
-    explain,
-    parse_ip_literal,
-    parse_network,
-)
-from egress.netguard.guard import (
-    BLOCKED_ADDRESS,
-    DNS_FAILURE,
-    AddressGuard,
-    Blocked,
-    Vetted,
-    local_interface_addresses,
-)
-from egress.netguard.resolver import DnsResolver, Resolver, parse_nameserver
+from egress.netguard.guard import AddressGuard, Blocked, Vetted, local_interface_addresses
+from egress.netguard.resolver import DnsResolver, Resolver
 
 __all__ = [
-    "BLOCKED_ADDRESS",
-    "DNS_FAILURE",
-    "LABELS",
     "AddressGuard",
     "Blocked",
     "DnsResolver",
-    "IPAddress",
-    "IPNetwork",
-    "NetworkPolicy",
     "Resolver",
     "Vetted",
-    "classify",
-    "describe",
-    "embedded_ipv4",
-    "explain",
     "local_interface_addresses",
-    "parse_ip_literal",
-    "parse_nameserver",
-    "parse_network",
 ]

@@ -20,19 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egress.errors import ResolveError
-from egress.netguard.addresses import (
-    IPAddress,
-    NetworkPolicy,
-    classify,
-    describe,
-    explain,
-    parse_ip_literal,
-)
 from egress.netguard.resolver import Resolver
+from egress.policy.addresses import NetworkPolicy, classify, describe, explain
+from egress.policy.hosts import IPAddress, parse_ip_literal
+from egress.reasons import Reason
 
 __all__ = [
-    "BLOCKED_ADDRESS",
-    "DNS_FAILURE",
     "AddressGuard",
     "Blocked",
     "Vetted",
@@ -40,9 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BLOCKED_ADDRESS = "blocked_address"
-DNS_FAILURE = "dns_failure"
 
 
 @dataclass(frozen=True)
@@ -58,7 +48,7 @@ class Vetted:
 class Blocked:
     """``host:port`` may not be reached. ``detail`` is safe to show the skill."""
 
-    reason: str  # BLOCKED_ADDRESS | DNS_FAILURE
+    reason: Reason  # BLOCKED_ADDRESS | DNS_FAILURE
     detail: str
     addresses: tuple[IPAddress, ...] = ()
 
@@ -99,27 +89,27 @@ class AddressGuard:
         try:
             literal = parse_ip_literal(host)
         except ValueError as exc:
-            return Blocked(BLOCKED_ADDRESS, str(exc))
+            return Blocked(Reason.BLOCKED_ADDRESS, str(exc))
         if literal is not None:
             networks = self._networks
             label = classify(literal, port, networks)
             if label is not None:
-                return Blocked(BLOCKED_ADDRESS, describe(literal, port, label, networks), (literal,))
+                return Blocked(Reason.BLOCKED_ADDRESS, describe(literal, port, label, networks), (literal,))
             return self._pin(host, port, literal)
 
         if host == "localhost" or host.endswith(".localhost"):
             # RFC 6761: resolvers may answer these with loopback without asking DNS; never
             # let a configured nameserver decide what "localhost" means.
-            return Blocked(BLOCKED_ADDRESS, f"{host} is a loopback name")
+            return Blocked(Reason.BLOCKED_ADDRESS, f"{host} is a loopback name")
         try:
             addresses = await self._resolver.resolve(host)
         except ResolveError as exc:
-            return Blocked(DNS_FAILURE, exc.detail)
+            return Blocked(Reason.DNS_FAILURE, exc.detail)
         except Exception:  # a faulty resolver must not open the door
             log.exception("resolver failed for %s", host)
-            return Blocked(DNS_FAILURE, "resolver error")
+            return Blocked(Reason.DNS_FAILURE, "resolver error")
         if not addresses:
-            return Blocked(DNS_FAILURE, "no A/AAAA records")
+            return Blocked(Reason.DNS_FAILURE, "no A/AAAA records")
         networks = self._networks  # read after the await: a reload may have happened meanwhile
         denied = [(ip, label) for ip in addresses if (label := classify(ip, port, networks)) is not None]
         if denied:
@@ -127,7 +117,7 @@ class AddressGuard:
             detail = f"{host} resolves to {ip}, which is {explain(label, ip, port, networks)}"
             if len(denied) < len(addresses):
                 detail += " (one denied address blocks the whole answer)"
-            return Blocked(BLOCKED_ADDRESS, detail, tuple(addresses))
+            return Blocked(Reason.BLOCKED_ADDRESS, detail, tuple(addresses))
         chosen = next((ip for ip in addresses if ip.version == 4), addresses[0])
         return self._pin(host, port, chosen)
 

@@ -26,9 +26,9 @@ import dns.rdatatype
 import dns.resolver
 
 from egress.errors import ResolveError
-from egress.netguard.addresses import IPAddress
+from egress.policy.hosts import IPAddress, parse_nameserver
 
-__all__ = ["DnsResolver", "Resolver", "parse_nameserver"]
+__all__ = ["DnsResolver", "Resolver"]
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +37,6 @@ class Resolver(Protocol):
     """Turns a hostname into its addresses; raises ``ResolveError`` when DNS says no or nothing."""
 
     async def resolve(self, host: str) -> tuple[IPAddress, ...]: ...
-
-
-def parse_nameserver(text: str) -> tuple[str, int]:
-    """``"1.2.3.4"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` -> (address, port)."""
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"nameserver {text!r}: write [IPv6]:port, e.g. [::1]:5353")
-        port_text = rest[1:] if rest else ""
-        if rest and not port_text:
-            raise ValueError(f"nameserver {text!r}: the port is missing after ':'")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if not port_text:
-            raise ValueError(f"nameserver {text!r}: the port is missing after ':'")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"nameserver {text!r} must be an IP address, optionally with :port") from None
-    port = 53
-    if port_text:
-        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"nameserver {text!r}: the port must be a number from 1 to 65535")
-        port = int(port_text)
-    return str(address), port
 
 
 @dataclass(frozen=True)

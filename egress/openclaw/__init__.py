@@ -8,6 +8,9 @@
 Modules: config (find, read, rewrite openclaw.json), skills (SKILL.md), keys (key kinds and
 placeholders), plan (what an import changes, pure), render (policy text), store (files,
 Vault), importer (the ordered writes), env.
+
+What it may import: the policy core, egress.secrets (store.py: the Vault backend), identity
+and errors. Never the proxy, ops or the CLI (egress/cli/openclaw.py calls it).
 """
 
 from __future__ import annotations

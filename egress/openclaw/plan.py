@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from egress.netguard.addresses import parse_ip_literal
 from egress.openclaw.keys import is_key_like_env, key_kind, make_placeholder, shape_matches
 from egress.openclaw.render import RenderedCredential, is_untouched, render_policy
 from egress.openclaw.skills import SkillInfo
+from egress.policy.hosts import parse_ip_literal
 from egress.policy.match import parse_host_pattern
 from egress.policy.model import SKILL_NAME, Credential, PolicySet
 from egress.secrets.base import Secret
@@ -280,7 +280,7 @@ def _existing_credentials(existing: PolicySet | None, policy_skill: str,
 def _rendered(cred: Credential, name: str) -> RenderedCredential:
     assert cred.placeholder is not None
     # The origin is replaced by the config location still holding the placeholder, if any.
-    return RenderedCredential(name, cred.secret, cred.header, cred.format, cred.placeholder,
+    return RenderedCredential(name, str(cred.secret), cred.header, cred.format, cred.placeholder,
                               key_kind(cred.placeholder), "an earlier import")
 
 

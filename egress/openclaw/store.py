@@ -21,8 +21,8 @@ from pathlib import Path
 
 from egress.errors import ConfigError, SecretNotFound
 from egress.openclaw.plan import StoredKey
-from egress.secrets.base import parse_secret_ref
-from egress.secrets.config import VaultSettings
+from egress.policy.secret_refs import parse_secret_ref
+from egress.policy.secret_settings import VaultSettings
 from egress.secrets.vault import VaultBackend
 
 __all__ = [

@@ -18,7 +18,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from egress.netguard.addresses import NetworkPolicy, classify, explain, parse_ip_literal
+from egress.policy.addresses import NetworkPolicy, classify, explain
+from egress.policy.hosts import parse_ip_literal
 from egress.policy.model import PolicySet, Rule
 from egress.policy.suffixes import suffixes_below
 

@@ -28,6 +28,7 @@ from egress.policy.model import (
     SkillPolicy,
     Source,
 )
+from egress.policy.secret_refs import parse_secret_ref
 from egress.policy.settings_reader import SettingsReader, parse_mode
 from egress.policy.yamlnodes import COMPOSER
 
@@ -256,8 +257,6 @@ class _Builder(SettingsReader):
     def credential(
         self, file: str, field: str, name: str, key_node: yaml.Node, node: yaml.Node
     ) -> Credential | None:
-        from egress.secrets.base import parse_secret_ref
-
         fields = self.mapping(file, node, field, _CREDENTIAL_KEYS)
         if fields is None:
             return None
@@ -266,8 +265,7 @@ class _Builder(SettingsReader):
             self.error(file, node, f"{field}.secret",
                        "missing; write vault:MOUNT/PATH#FIELD, env:NAME or file:/ABSOLUTE/PATH")
             return None
-        secret = self.parsed(file, fields["secret"][1], f"{field}.secret",
-                             lambda s: (parse_secret_ref(s), s)[1])
+        secret = self.parsed(file, fields["secret"][1], f"{field}.secret", parse_secret_ref)
         header = "Authorization"
         if "header" in fields:
             header = self.parsed(file, fields["header"][1], f"{field}.header", _parse_header) or header

@@ -1,8 +1,6 @@
-"""Host normalisation, host patterns and path globs: pure string functions.
+"""Host patterns and path globs: pure string functions.
 
-A host is compared in one canonical spelling: lowercase, IDNA (punycode) for non-ASCII names,
-no trailing dot, and IP literals in their canonical form (so `0x7f.1` and `127.0.0.1` are the
-same host). Patterns are validated once at load time; matching is then dictionary lookups
+Hosts are compared in one canonical spelling (egress/policy/hosts.py, normalise_host). Patterns are validated once at load time; matching is then dictionary lookups
 (see `HostIndex`) and a segment-wise path comparison.
 
 Request paths are judged exactly as they are forwarded: `path_spelling_problem` refuses any
@@ -12,53 +10,19 @@ spelling an upstream could read as another path (dot and empty segments, escapes
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-import idna
-
-from egress.netguard.addresses import parse_ip_literal
+from egress.policy.hosts import is_ip_literal, normalise_host
 from egress.policy.suffixes import public_suffix
 
 __all__ = [
     "HostPattern",
-    "normalise_host",
     "normalise_path",
     "parse_host_pattern",
     "parse_path_pattern",
     "path_matches",
     "path_spelling_problem",
 ]
-
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
-
-
-def normalise_host(host: str) -> str:
-    """Return the canonical spelling of `host`, or raise ValueError saying what is wrong."""
-    text = host.strip()
-    if not text:
-        raise ValueError("empty host")
-    # parse_ip_literal takes "[v6]" itself and refuses brackets around anything else
-    # ("[example.com]" is not a host spelling any client should send).
-    address = parse_ip_literal(text)
-    if address is not None:
-        return str(address)
-    if text.endswith("."):
-        text = text[:-1]
-    if text.isascii():
-        text = text.lower()
-    else:
-        try:
-            text = idna.encode(text, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise ValueError(f"not a valid internationalised host name ({exc})") from exc
-    if len(text) > 253:
-        raise ValueError("host name longer than 253 characters")
-    for label in text.split("."):
-        if not _LABEL.match(label):
-            raise ValueError(f"label {label!r} is not a valid DNS label")
-    return text
-
 
 @dataclass(frozen=True)
 class HostPattern:
@@ -80,7 +44,7 @@ def parse_host_pattern(text: str) -> HostPattern:
         raise ValueError(
             f"{raw!r}: '*' is only allowed as the whole first label, as in *.example.com"
         )
-    if "/" in body or ":" in body and not _is_ip_literal(body):
+    if "/" in body or ":" in body and not is_ip_literal(body):
         raise ValueError(
             f"{raw!r} is not a host name; write only the host (ports go in `ports:`, "
             f"paths in `paths:`)"
@@ -90,7 +54,7 @@ def parse_host_pattern(text: str) -> HostPattern:
     except ValueError as exc:
         raise ValueError(f"{raw!r}: {exc}") from None
     if wildcard:
-        if _is_ip_literal(host):
+        if is_ip_literal(host):
             raise ValueError(f"{raw!r}: a wildcard cannot cover an IP address")
         if "." not in host:
             raise ValueError(
@@ -106,15 +70,6 @@ def parse_host_pattern(text: str) -> HostPattern:
                 f"api.example.{host}"
             )
     return HostPattern(host=host, wildcard=wildcard)
-
-
-def _is_ip_literal(text: str) -> bool:
-    # parse_ip_literal raises for strings that are neither an address nor a host name
-    # ("host:443"); for a pattern check those simply are not IP literals.
-    try:
-        return parse_ip_literal(text) is not None
-    except ValueError:
-        return False
 
 
 def parse_path_pattern(text: str) -> str:

@@ -11,10 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from egress.secrets.config import SecretSettings
+from egress.policy.secret_refs import SecretRef
+from egress.policy.secret_settings import SecretSettings
 
 __all__ = [
     "AuditSettings",
@@ -93,7 +92,7 @@ class Rule:
 @dataclass(frozen=True)
 class Credential:
     name: str
-    secret: str  # a secret reference such as "vault:secret/skills/x#api_key" -- never a value
+    secret: SecretRef  # where the value lives ("vault:secret/skills/x#api_key"), never a value
     header: str
     format: str  # contains "{secret}" exactly once
     placeholder: str | None
@@ -167,7 +166,7 @@ class AuditSettings:
     max_bytes: int = 100 * 2**20  # rotate before the file would grow past this; 0: never
     max_files: int = 10  # rotated files kept; older ones are deleted
     max_age: float | None = None  # seconds; rotate a file whose first line is older
-    # The audit budget (egress/audit_fold.py): per skill and interval, this many denial lines in
+    # The audit budget (egress/audit/fold.py): per skill and interval, this many denial lines in
     # full, then up to budget_distinct more (one per distinct denial); the rest are folded.
     budget: int = 60
     budget_interval: float = 60.0  # seconds

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from egress.policy.addresses import parse_network
+from egress.policy.hosts import parse_nameserver
 from egress.policy.model import (
     AuditSettings,
     ConnectionSettings,
@@ -19,8 +19,13 @@ from egress.policy.model import (
     Source,
     WebSocketSettings,
 )
+from egress.policy.secret_settings import (
+    SecretSettings,
+    SettingsFieldError,
+    parse_secret_settings,
+)
+from egress.policy.units import parse_duration, parse_size
 from egress.policy.yamlnodes import NodeReader, construct, find
-from egress.units import parse_duration, parse_size
 
 __all__ = ["SettingsReader", "parse_mode"]
 
@@ -101,7 +106,8 @@ class SettingsReader(NodeReader):
         servers: list[str] = []
         if "nameservers" in fields:
             for i, item in self.items(file, fields["nameservers"][1], "settings.dns.nameservers"):
-                s = self.parsed(file, item, f"settings.dns.nameservers[{i}]", _parse_nameserver)
+                s = self.parsed(file, item, f"settings.dns.nameservers[{i}]",
+                                _nameserver)
                 if s is not None:
                     servers.append(s)
         nums: dict[str, float] = {}
@@ -214,14 +220,13 @@ class SettingsReader(NodeReader):
         for key in lists:
             if key in fields:
                 for i, item in self.items(file, fields[key][1], f"settings.networks.{key}"):
-                    net = self.parsed(file, item, f"settings.networks.{key}[{i}]", _parse_network)
+                    net = self.parsed(file, item, f"settings.networks.{key}[{i}]",
+                                      parse_network)
                     if net is not None:
                         lists[key].append(net)
         return NetworkSettings(allow=tuple(lists["allow"]), deny=tuple(lists["deny"]))
 
-    def secret_settings(self, file: str, node: yaml.Node) -> Any:
-        from egress.secrets.config import SettingsFieldError, parse_secret_settings
-
+    def secret_settings(self, file: str, node: yaml.Node) -> SecretSettings | None:
         try:
             raw = construct(node)
         except (yaml.YAMLError, ValueError, TypeError):
@@ -243,24 +248,7 @@ def parse_mode(text: str) -> Mode:
         raise ValueError(f"unknown mode {text!r}; use enforce or report") from None
 
 
-def _parse_network(text: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a network in CIDR form, e.g. 10.20.0.0/16 ({exc})") from None
-
-
-def _parse_nameserver(text: str) -> str:
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "53" if not rest else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") from None
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: port must be 1-65535")
+def _nameserver(text: str) -> str:
+    """A nameserver as written, checked by the parser the resolver uses (egress/policy/hosts.py)."""
+    parse_nameserver(text)
     return text

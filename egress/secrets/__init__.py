@@ -1,39 +1,47 @@
-"""Secrets for credential injection: references, backends (Vault/OpenBao, env, file), cache.
+"""Secret backends and the cache the request path reads them through.
 
-The request path asks a SecretBroker (``build_broker(settings)``) for a SecretRef parsed
-from the policy (``parse_secret_ref``) and gets a CachedSecret whose value only
-``Secret.reveal()`` gives out. See egress/errors.py for SecretNotFound / SecretUnavailable.
+    base.py    Secret (the value, redacted everywhere) and the SecretBackend protocol
+    local.py   env:NAME and file:/PATH
+    vault.py   vault:MOUNT/PATH#FIELD from OpenBao / HashiCorp Vault (aiohttp)
+    cache.py   SecretCache: TTL with jitter, single flight, grace; build_secret_cache(settings)
+
+References (``SecretRef``) and ``settings.secrets`` are plain data of the policy core
+(egress/policy/secret_refs.py, secret_settings.py). See egress/errors.py for SecretNotFound /
+SecretUnavailable.
+
+What it may import: the policy core, egress.errors and the standard library; aiohttp only in
+vault.py, which is loaded when a vault backend is built or ``VaultBackend`` is asked for (so
+importing this package, or loading a policy, never drags aiohttp in). Never mitmproxy,
+dnspython, the proxy, ops or the CLI.
 """
 
 from __future__ import annotations
 
-from egress.secrets.base import Secret, SecretBackend, SecretRef, parse_secret_ref
-from egress.secrets.cache import BrokerStats, CachedSecret, SecretBroker, build_broker
-from egress.secrets.config import (
-    CacheSettings,
-    SecretSettings,
-    SettingsFieldError,
-    VaultSettings,
-    parse_secret_settings,
-)
+from typing import TYPE_CHECKING, Any
+
+from egress.secrets.base import Secret, SecretBackend
+from egress.secrets.cache import CachedSecret, CacheStats, SecretCache, build_secret_cache
 from egress.secrets.local import EnvBackend, FileBackend
-from egress.secrets.vault import VaultBackend
+
+if TYPE_CHECKING:
+    from egress.secrets.vault import VaultBackend
 
 __all__ = [
-    "BrokerStats",
-    "CacheSettings",
+    "CacheStats",
     "CachedSecret",
     "EnvBackend",
     "FileBackend",
     "Secret",
     "SecretBackend",
-    "SecretBroker",
-    "SecretRef",
-    "SecretSettings",
-    "SettingsFieldError",
+    "SecretCache",
     "VaultBackend",
-    "VaultSettings",
-    "build_broker",
-    "parse_secret_ref",
-    "parse_secret_settings",
+    "build_secret_cache",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VaultBackend":
+        from egress.secrets.vault import VaultBackend
+
+        return VaultBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""SecretBroker: the one place the request path gets secrets from. asyncio only.
+"""SecretCache: the one place the request path gets secrets from. asyncio only.
 
 For each SecretRef it keeps the last value fetched and serves it while it is fresh:
 
@@ -28,26 +28,26 @@ from dataclasses import dataclass
 from functools import partial
 
 from egress.errors import SecretNotFound, SecretUnavailable
-from egress.secrets.base import Secret, SecretBackend, SecretRef
-from egress.secrets.config import CacheSettings, SecretSettings
+from egress.policy.secret_refs import SecretRef
+from egress.policy.secret_settings import CacheSettings, SecretSettings
+from egress.secrets.base import Secret, SecretBackend
 from egress.secrets.local import EnvBackend, FileBackend
-from egress.secrets.vault import VaultBackend
 
-__all__ = ["BrokerStats", "CachedSecret", "SecretBroker", "build_broker"]
+__all__ = ["CacheStats", "CachedSecret", "SecretCache", "build_secret_cache"]
 
 log = logging.getLogger("egress.secrets")
 
 
 @dataclass(frozen=True)
 class CachedSecret:
-    """A secret from the broker. ``stale``: served from the grace window, backend down."""
+    """A secret from the cache. ``stale``: served from the grace window, backend down."""
 
     secret: Secret
     stale: bool
 
 
 @dataclass
-class BrokerStats:
+class CacheStats:
     """Plain counters for metrics. ``fetches`` counts backend calls, ``failures`` those that
     raised; ``hits`` fresh values served from the cache; ``stale_uses`` grace-window values."""
 
@@ -64,7 +64,7 @@ class _Entry:
     expires_at: float
 
 
-class SecretBroker:
+class SecretCache:
     """Caches secrets from several backends, keyed by reference scheme ("vault", "env", "file").
 
     ``clock`` (monotonic seconds) and ``rand`` (uniform in [0, 1)) are injectable so tests
@@ -86,12 +86,12 @@ class SecretBroker:
         self._entries: dict[SecretRef, _Entry] = {}
         self._inflight: dict[SecretRef, asyncio.Task[_Entry]] = {}
         self._closed = False
-        self.stats = BrokerStats()
+        self.stats = CacheStats()
 
     async def get(self, ref: SecretRef) -> CachedSecret:
         """The secret for ``ref``; raises SecretNotFound or SecretUnavailable (fail closed)."""
         if self._closed:
-            raise SecretUnavailable(f"{ref}: the secret broker is closed")
+            raise SecretUnavailable(f"{ref}: the secret cache is closed")
         entry = self._entries.get(ref)
         if entry is not None and self._clock() < entry.expires_at:
             self.stats.hits += 1
@@ -177,11 +177,13 @@ class SecretBroker:
                 task.exception()
 
 
-def build_broker(
+def build_secret_cache(
     settings: SecretSettings, *, environ: Mapping[str, str] | None = None
-) -> SecretBroker:
-    """A broker with env and file backends, and a Vault backend when settings name one."""
+) -> SecretCache:
+    """A secret cache with env and file backends, and a Vault backend when settings name one."""
     backends: dict[str, SecretBackend] = {"env": EnvBackend(environ), "file": FileBackend()}
     if settings.vault is not None:
+        from egress.secrets.vault import VaultBackend  # aiohttp: only when a vault is configured
+
         backends["vault"] = VaultBackend(settings.vault, environ=environ)
-    return SecretBroker(backends, settings.cache)
+    return SecretCache(backends, settings.cache)

@@ -13,7 +13,8 @@ import stat
 from collections.abc import Mapping
 
 from egress.errors import SecretError, SecretNotFound, SecretUnavailable
-from egress.secrets.base import Secret, SecretRef
+from egress.policy.secret_refs import SecretRef
+from egress.secrets.base import Secret
 
 __all__ = ["MAX_SECRET_FILE_BYTES", "EnvBackend", "FileBackend", "read_secret_text"]
 

@@ -33,8 +33,9 @@ import aiohttp
 import yarl
 
 from egress.errors import SecretError, SecretNotFound, SecretUnavailable
-from egress.secrets.base import Secret, SecretRef
-from egress.secrets.config import VaultSettings
+from egress.policy.secret_refs import SecretRef
+from egress.policy.secret_settings import VaultSettings
+from egress.secrets.base import Secret
 from egress.secrets.local import read_secret_text
 
 __all__ = ["VaultBackend"]

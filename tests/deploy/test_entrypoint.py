@@ -89,7 +89,7 @@ def test_shared_ca_is_installed_where_egress_looks(tmp_path: Path) -> None:
     assert cert.read_bytes().strip() == ca.cert_pem.bytes().strip()
     assert "PRIVATE KEY" in key_and_cert.read_text() and "CERTIFICATE" in key_and_cert.read_text()
     assert oct(key_and_cert.stat().st_mode & 0o777) == "0o600"
-    from egress.cli.ca import ensure_ca
+    from egress.proxy.ca import ensure_ca
 
     assert ensure_ca(tmp_path / "data").read_bytes() == cert.read_bytes()  # egress uses it as is
 

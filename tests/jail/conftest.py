@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from egress import syscall_filter
+from egress.jail import syscall_filter
 from tests.conftest import TestCA, write_policy
 from tests.dnsserver import DnsServer
 from tests.jail.netns import IP, CountingServer, Internet, existing, internet_namespace, listening_socket

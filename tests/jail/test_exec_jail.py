@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from egress.jail import command_pid, processes_in
+from egress.jail.namespace import command_pid, processes_in
 from tests.jail.conftest import JAILED_UID, JailWorld, needs_netns
 from tests.jail.netns import snapshot
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from egress import jail
 from egress.cli.exec import (
     Account,
     ca_bundle,
@@ -22,6 +21,7 @@ from egress.cli.exec import (
     resolve_account,
 )
 from egress.errors import ConfigError
+from egress.jail import namespace as jail
 from tests.jail.conftest import JAILED_UID, JailWorld, netns_only
 from tests.proxy import EGRESS
 from tests.upstream import free_port

@@ -10,8 +10,8 @@ import platform
 
 import pytest
 
-from egress import syscall_filter
-from egress.syscall_filter import REFUSALS, Refusal, SyscallFilterError, compile_filter
+from egress.jail import syscall_filter
+from egress.jail.syscall_filter import REFUSALS, Refusal, SyscallFilterError, compile_filter
 from tests.jail import bpf
 from tests.jail.probe import SYSCALLS
 

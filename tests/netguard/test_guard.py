@@ -12,12 +12,11 @@ from egress.netguard import (
     AddressGuard,
     Blocked,
     DnsResolver,
-    IPAddress,
-    NetworkPolicy,
     Vetted,
     local_interface_addresses,
-    parse_network,
 )
+from egress.policy.addresses import NetworkPolicy, parse_network
+from egress.policy.hosts import IPAddress
 from tests.dnsserver import (  # noqa: F401  (dns_server is a fixture)
     ALIAS,
     ALLOWED,
@@ -36,22 +35,13 @@ from tests.dnsserver import (  # noqa: F401  (dns_server is a fixture)
     DnsServer,
     dns_server,
 )
+from tests.fakes import FakeClock
+from tests.fakes import FakeResolver
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
 # As in the end-to-end tests: upstreams listen on 127.0.0.2, the rest of loopback stays denied.
 TEST_NETWORKS = NetworkPolicy(allow=(parse_network("127.0.0.2/32"),))
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_guard(server: DnsServer, networks: NetworkPolicy = TEST_NETWORKS, **kwargs: object) -> AddressGuard:
@@ -180,7 +170,7 @@ async def test_metadata_stays_blocked_when_every_network_is_allowed(dns_server: 
 
 
 async def test_rebinding_within_the_ttl_keeps_the_pinned_address(dns_server: DnsServer) -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     resolver = DnsResolver([dns_server.address], min_ttl=5, clock=clock)
     guard = AddressGuard(resolver, TEST_NETWORKS)
     first = await guard.vet(REBIND, 443)
@@ -236,7 +226,7 @@ async def test_was_vetted_knows_only_pairs_it_handed_out(dns_server: DnsServer) 
 
 
 async def test_pins_expire(dns_server: DnsServer) -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     guard = make_guard(dns_server, pin_ttl=10.0, clock=clock)
     await guard.vet("127.0.0.2", 443)
     clock.advance(9.9)
@@ -263,18 +253,6 @@ async def test_replace_networks_applies_to_new_vets_and_old_pins(dns_server: Dns
     assert not guard.was_vetted(V4("127.0.0.2"), 443)  # vetted before, denied now
 
 
-class StaticResolver:
-    """Answers every name with fixed addresses in a fixed order, or raises (a resolver with a bug)."""
-
-    def __init__(self, answer: Exception | tuple[IPAddress, ...]) -> None:
-        self.answer = answer
-
-    async def resolve(self, host: str) -> tuple[IPAddress, ...]:
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
-
-
 @pytest.mark.parametrize(
     "answer, expected",
     [
@@ -283,7 +261,7 @@ class StaticResolver:
     ],
 )
 async def test_a_faulty_resolver_fails_closed(answer: Exception | tuple[IPAddress, ...], expected: Blocked) -> None:
-    guard = AddressGuard(StaticResolver(answer), TEST_NETWORKS)
+    guard = AddressGuard(FakeResolver(answer), TEST_NETWORKS)
     assert await guard.vet("api.example.com", 443) == expected
 
 
@@ -298,7 +276,7 @@ async def test_a_faulty_resolver_fails_closed(answer: Exception | tuple[IPAddres
 async def test_any_denied_address_blocks_the_name_wherever_it_is(answer: tuple[str, ...]) -> None:
     addresses = tuple(ipaddress.ip_address(a) for a in answer)
     networks = NetworkPolicy(allow=(parse_network("127.0.0.2/32"), parse_network("fd00:1::/64")))
-    result = await AddressGuard(StaticResolver(addresses), networks).vet("api.example.com", 443)
+    result = await AddressGuard(FakeResolver(addresses), networks).vet("api.example.com", 443)
     assert isinstance(result, Blocked)
     assert (result.reason, result.addresses) == ("blocked_address", addresses)
 
@@ -306,7 +284,7 @@ async def test_any_denied_address_blocks_the_name_wherever_it_is(answer: tuple[s
 async def test_ipv4_is_preferred_whatever_the_order() -> None:
     addresses = (V6("fd00:1::2"), V4("127.0.0.2"))
     networks = NetworkPolicy(allow=(parse_network("127.0.0.2/32"), parse_network("fd00:1::/64")))
-    guard = AddressGuard(StaticResolver(addresses), networks)
+    guard = AddressGuard(FakeResolver(addresses), networks)
     assert await guard.vet("api.example.com", 443) == Vetted("api.example.com", 443, V4("127.0.0.2"))
 
 
@@ -322,8 +300,6 @@ def test_local_interface_addresses_without_proc_is_empty(tmp_path: Path) -> None
 
 def test_the_public_surface() -> None:
     assert sorted(egress.netguard.__all__) == [
-        "AddressGuard", "BLOCKED_ADDRESS", "Blocked", "DNS_FAILURE", "DnsResolver", "IPAddress",
-        "IPNetwork", "LABELS", "NetworkPolicy", "Resolver", "Vetted", "classify", "describe",
-        "embedded_ipv4", "explain", "local_interface_addresses", "parse_ip_literal",
-        "parse_nameserver", "parse_network",
+        "AddressGuard", "Blocked", "DnsResolver", "Resolver", "Vetted",
+        "local_interface_addresses",
     ]  # fmt: skip

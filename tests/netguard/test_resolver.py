@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from egress.errors import ResolveError
-from egress.netguard import DnsResolver, parse_nameserver
+from egress.netguard import DnsResolver
+from egress.policy.hosts import parse_nameserver
 from tests.dnsserver import (  # noqa: F401  (dns_server is a fixture)
     ALIAS,
     ALLOWED,
@@ -20,22 +21,10 @@ from tests.dnsserver import (  # noqa: F401  (dns_server is a fixture)
     DnsServer,
     dns_server,
 )
+from tests.fakes import FakeClock
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
-
-
-class ManualClock:
-    """A monotonic clock the test moves by hand, so TTL tests need no sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def test_resolves_a_and_aaaa_in_one_lookup(dns_server: DnsServer) -> None:
@@ -112,7 +101,7 @@ async def test_cache_honours_ttl_within_floor_and_ceiling(
 ) -> None:
     name = "ttl.egress.test"
     dns_server.set(name, ["127.0.0.2"], ttl=answer_ttl)
-    clock = ManualClock()
+    clock = FakeClock()
     resolver = DnsResolver([dns_server.address], min_ttl=min_ttl, max_ttl=max_ttl, clock=clock)
     assert await resolver.resolve(name) == (V4("127.0.0.2"),)
     dns_server.set(name, ["127.0.0.3"], ttl=answer_ttl)
@@ -128,7 +117,7 @@ async def test_cache_honours_ttl_within_floor_and_ceiling(
 
 
 async def test_negative_answers_are_cached_for_min_ttl(dns_server: DnsServer) -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     resolver = DnsResolver([dns_server.address], min_ttl=5, clock=clock)
     for _ in range(3):
         with pytest.raises(ResolveError):

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from egress.admin import ADMIN_TOKEN_ENV, admin_token, check_admin_bind, is_loopback
 from egress.errors import ConfigError
+from egress.ops.admin import ADMIN_TOKEN_ENV, admin_token, check_admin_bind, is_loopback
 from tests.clients import basic
 from tests.ops.conftest import (
     ADMIN_TOKEN,

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from egress.audit import AuditRecord
-from egress.audit_fold import Budget, DenialFolder
+from egress.audit.fold import Budget, DenialFolder
+from egress.ops.ratelimit import RateLimiter
 from egress.policy.load import load_policy_texts
 from egress.policy.model import AuditSettings, Limits
-from egress.ratelimit import RateLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def deny(host: str = "evil.test", *, skill: str | None = "mallory", path: str | None = "/x",
@@ -34,14 +27,14 @@ def feed(folder: DenialFolder, records: list[AuditRecord]) -> list[AuditRecord]:
 
 
 def test_within_the_budget_every_denial_is_written() -> None:
-    folder = DenialFolder(Budget(lines=5, interval=60, distinct=2), clock=Clock())
+    folder = DenialFolder(Budget(lines=5, interval=60, distinct=2), clock=FakeClock())
     records = [deny() for _ in range(5)]
     assert feed(folder, records) == records
     assert folder.flush() == [] and folder.folded == 0
 
 
 def test_past_the_budget_identical_denials_fold_into_one_summary() -> None:
-    clock = Clock()
+    clock = FakeClock()
     folder = DenialFolder(Budget(lines=3, interval=60, distinct=10), clock=clock)
     stamps = [f"2025-01-01T00:00:{i:02d}.000Z" for i in range(10)]
     written = feed(folder, [deny(ts=t, client=f"127.0.0.1:{i}") for i, t in enumerate(stamps)])
@@ -60,7 +53,7 @@ def test_past_the_budget_identical_denials_fold_into_one_summary() -> None:
 
 
 def test_the_first_occurrence_of_each_distinct_denial_is_written_in_full() -> None:
-    folder = DenialFolder(Budget(lines=2, interval=60, distinct=3), clock=Clock())
+    folder = DenialFolder(Budget(lines=2, interval=60, distinct=3), clock=FakeClock())
     flood = [deny()] * 5 + [deny("a.test"), deny("b.test"), deny(path="/other")] + [deny("a.test")] * 4
     written = feed(folder, flood)
     assert [(r.host, r.path) for r in written] == [
@@ -72,7 +65,7 @@ def test_the_first_occurrence_of_each_distinct_denial_is_written_in_full() -> No
 
 
 def test_a_spray_of_distinct_denials_past_the_cap_folds_coarsely() -> None:
-    folder = DenialFolder(Budget(lines=2, interval=60, distinct=3), clock=Clock())
+    folder = DenialFolder(Budget(lines=2, interval=60, distinct=3), clock=FakeClock())
     flood = [deny(f"h{i}.test") for i in range(50)]
     written = feed(folder, flood)
     assert [r.host for r in written] == [f"h{i}.test" for i in range(5)]
@@ -83,7 +76,7 @@ def test_a_spray_of_distinct_denials_past_the_cap_folds_coarsely() -> None:
 
 
 def test_budgets_are_per_skill_and_unauthenticated_clients_share_one() -> None:
-    folder = DenialFolder(Budget(lines=2, interval=60, distinct=1), clock=Clock())
+    folder = DenialFolder(Budget(lines=2, interval=60, distinct=1), clock=FakeClock())
     written = feed(folder, [deny(skill="a")] * 3 + [deny(skill="b")] * 3
                    + [deny(skill=None, reason="auth_invalid")] * 3)
     assert [r.skill for r in written] == ["a", "a", "b", "b", None, None]
@@ -92,19 +85,19 @@ def test_budgets_are_per_skill_and_unauthenticated_clients_share_one() -> None:
 
 
 def test_allowed_lines_are_never_budgeted() -> None:
-    folder = DenialFolder(Budget(lines=1, interval=60, distinct=1), clock=Clock())
+    folder = DenialFolder(Budget(lines=1, interval=60, distinct=1), clock=FakeClock())
     allowed = [deny(decision="allow", reason="allowed")] * 10
     assert feed(folder, allowed) == allowed
 
 
 def test_report_mode_would_be_denials_are_budgeted_like_denials() -> None:
-    folder = DenialFolder(Budget(lines=1, interval=60, distinct=1), clock=Clock())
+    folder = DenialFolder(Budget(lines=1, interval=60, distinct=1), clock=FakeClock())
     assert len(feed(folder, [deny(decision="report")] * 4)) == 1
     assert [s.folded for s in folder.flush()] == [3]
 
 
 def test_a_new_interval_starts_a_new_budget_and_writes_summaries_first() -> None:
-    clock = Clock()
+    clock = FakeClock()
     folder = DenialFolder(Budget(lines=1, interval=10, distinct=1), clock=clock)
     assert len(feed(folder, [deny()] * 4)) == 1
     clock.now += 10
@@ -137,7 +130,7 @@ def test_bad_budget_settings_name_the_field(text: str, message: str) -> None:
 
 
 def test_denials_take_tokens_from_the_skill_bucket() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock)
     limits = Limits(requests_per_minute=3)
     for _ in range(3):

@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 
 from egress.audit import AuditRecord, AuditWriter, Rotation
-from egress.audit_query import audit_files, follow, read_all
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from egress.audit.query import audit_files, follow, read_all
+from tests.fakes import FakeClock
 
 
 def record(i: int, ts: str = "2025-01-01T00:00:00.000Z") -> AuditRecord:
@@ -75,7 +68,7 @@ def test_a_line_longer_than_max_bytes_is_written_whole(tmp_path: Path) -> None:
 
 
 def test_age_rotation(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_700_000_000.0)
     writer = AuditWriter(tmp_path / "audit.jsonl", Rotation(max_age=3600, max_files=5),
                          clock=clock)
     writer.write(record(0))
@@ -91,7 +84,7 @@ def test_age_rotation(tmp_path: Path) -> None:
 def test_age_of_an_existing_file_comes_from_its_first_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text(record(0, ts="2025-01-01T00:00:00.000Z").to_json() + "\n")
-    clock = Clock(now=1735689600.0 + 7200)  # 2025-01-01T02:00:00Z
+    clock = FakeClock(now=1735689600.0 + 7200)  # 2025-01-01T02:00:00Z
     writer = AuditWriter(path, Rotation(max_age=3600), clock=clock)
     writer.write(record(1))
     writer.close()

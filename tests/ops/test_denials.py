@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from egress.audit import AuditRecord, AuditWriter, Rotation
-from egress.audit_query import Query, group, parse_time
+from egress.audit.query import Query, group, parse_time
 from egress.cli.main import main
 from tests.proxy import EGRESS
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from egress.metrics import Metrics, SecretStats, Snapshot, render_family
+from egress.ops.metrics import Metrics, Snapshot, render_family
+from egress.secrets import CacheStats
 from tests.ops.conftest import parse_metrics, series
 
 
@@ -85,7 +86,7 @@ def test_label_values_are_escaped(value: str, rendered: str) -> None:
 def test_snapshot_families() -> None:
     snap = Snapshot(policy_digest="abc123", reloads_ok=3, reloads_failed=1, reload_failing=True,
                     open_connections={"alpha": 2, "": 1},
-                    secrets=SecretStats(fetches=4, failures=1, hits=10, stale_uses=2),
+                    secrets=CacheStats(fetches=4, failures=1, hits=10, stale_uses=2),
                     audit_lines=7, audit_write_errors=0, audit_rotations=1, token_store_ok=True)
     values = parse_metrics(Metrics().render(snap))
     assert values[series("egress_policy_info", digest="abc123")] == 1
@@ -104,7 +105,7 @@ def test_snapshot_families() -> None:
 
 
 def test_every_family_has_help_and_type() -> None:
-    text = Metrics().render(Snapshot(policy_digest="d", secrets=SecretStats()))
+    text = Metrics().render(Snapshot(policy_digest="d", secrets=CacheStats()))
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
     types = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     assert names == types

@@ -9,7 +9,7 @@ import pytest
 from egress.errors import PolicyErrors
 from egress.policy.load import load_policy_texts
 from egress.policy.model import AuditSettings, Limits
-from egress.units import format_duration, parse_duration, parse_size
+from egress.policy.units import format_duration, parse_duration, parse_size
 
 
 def load(text: str):  # type: ignore[no-untyped-def]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from egress.ops.ratelimit import Bucket, Exceeded, RateLimiter, refill
 from egress.policy.model import Limits
-from egress.ratelimit import Bucket, Exceeded, RateLimiter, refill
 from tests.ops.conftest import (
     OpsWorld,
     audit_where,
@@ -15,14 +15,7 @@ from tests.ops.conftest import (
     tunnel,
     wait_until,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 @pytest.mark.parametrize("bucket, per_minute, now, tokens", [
@@ -37,7 +30,7 @@ def test_refill(bucket: Bucket | None, per_minute: int, now: float, tokens: floa
 
 
 def test_requests_per_minute_burst_then_refill() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock)
     limits = Limits(requests_per_minute=3)
     results = [limiter.admit("c1", "s", limits) for _ in range(4)]
@@ -50,7 +43,7 @@ def test_requests_per_minute_burst_then_refill() -> None:
 
 
 def test_refused_requests_take_nothing() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock)
     skill = Limits(requests_per_minute=10)
     rule = Limits(requests_per_minute=1)
@@ -61,7 +54,7 @@ def test_refused_requests_take_nothing() -> None:
 
 
 def test_concurrent_connections_slot_per_connection() -> None:
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(FakeClock())
     limits = Limits(concurrent_connections=2)
     assert limiter.admit("c1", "s", limits) is None
     assert limiter.admit("c1", "s", limits) is None  # same connection: same slot
@@ -75,7 +68,7 @@ def test_concurrent_connections_slot_per_connection() -> None:
 
 
 def test_skills_do_not_share_buckets() -> None:
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(FakeClock())
     limits = Limits(requests_per_minute=1)
     assert limiter.admit("c", "a", limits) is None
     assert limiter.admit("c", "b", limits) is None
@@ -83,7 +76,7 @@ def test_skills_do_not_share_buckets() -> None:
 
 
 def test_report_mode_counts_but_never_refuses() -> None:
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(FakeClock())
     limits = Limits(requests_per_minute=1, concurrent_connections=1)
     assert limiter.admit("c1", "s", limits, enforce=False) is None
     assert limiter.admit("c2", "s", limits, enforce=False) == Exceeded(
@@ -92,7 +85,7 @@ def test_report_mode_counts_but_never_refuses() -> None:
 
 
 def test_limit_added_later_sees_connections_already_open() -> None:
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(FakeClock())
     assert limiter.admit("c1", "s", None) is None
     assert limiter.admit("c2", "s", Limits(concurrent_connections=1)) is not None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from egress.identity import TokenStore
-from egress.reload import Reloader, fingerprint
+from egress.ops.reload import Reloader, fingerprint
 from tests.conftest import TestCA
 from tests.ops.conftest import (
     OpsWorld,

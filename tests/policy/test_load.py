@@ -10,6 +10,7 @@ import pytest
 from egress.errors import PolicyErrors
 from egress.policy.load import load_policy_dir, load_policy_texts
 from egress.policy.model import Credential, Mode, Rule, Source
+from egress.policy.secret_refs import SecretRef
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -196,26 +197,31 @@ SINGLE_FILE_CASES = [
     pytest.param("settings:\n  mode: audit\n", "p.yaml:2: settings.mode: unknown mode 'audit'; "
                  "use enforce or report", id="unknown global mode"),
     pytest.param("settings:\n  networks:\n    allow: [10.20.0.1/16]\n", "p.yaml:3: "
-                 "settings.networks.allow[0]: '10.20.0.1/16' is not a network in CIDR form, "
-                 "e.g. 10.20.0.0/16 (10.20.0.1/16 has host bits set)",
+                 "settings.networks.allow[0]: 10.20.0.1/16 has host bits set; write 10.20.0.0/16",
                  id="network with host bits set"),
     pytest.param("settings:\n  networks:\n    deny: [intranet]\n", "p.yaml:3: "
-                 "settings.networks.deny[0]: 'intranet' is not a network in CIDR form, "
-                 "e.g. 10.20.0.0/16 ('intranet' does not appear to be an IPv4 or IPv6 network)",
+                 "settings.networks.deny[0]: 'intranet' is not an IP network (write e.g. "
+                 "10.20.0.0/16 or fd00::/8)",
                  id="network that is a word"),
     pytest.param("settings:\n  networks:\n    allow: 10.0.0.0/8\n", "p.yaml:3: "
                  "settings.networks.allow: must be a list", id="networks that is not a list"),
     pytest.param("settings:\n  dns:\n    nameservers: [dns.google]\n", "p.yaml:3: "
-                 "settings.dns.nameservers[0]: 'dns.google': a nameserver is an IP address, "
+                 "settings.dns.nameservers[0]: nameserver 'dns.google' must be an IP address, "
                  "optionally with :port", id="nameserver that is a name"),
     pytest.param('settings:\n  dns:\n    nameservers: ["127.0.0.1:0"]\n', "p.yaml:3: "
-                 "settings.dns.nameservers[0]: '127.0.0.1:0': port must be 1-65535",
+                 "settings.dns.nameservers[0]: nameserver '127.0.0.1:0': the port must be a "
+                 "number from 1 to 65535",
                  id="nameserver port 0"),
     pytest.param('settings:\n  dns:\n    nameservers: ["[::1]x"]\n', "p.yaml:3: "
-                 "settings.dns.nameservers[0]: '[::1]x': port must be 1-65535",
-                 id="nameserver with junk after the IPv6 bracket"),
+                 "settings.dns.nameservers[0]: nameserver '[::1]x': write [IPv6]:port, e.g. "
+                 "[::1]:5353", id="nameserver with junk after the IPv6 bracket"),
+    # egress check once passed this, and `egress serve` then crashed in the resolver: the
+    # loader and the resolver now read nameservers with the same parser.
+    pytest.param('settings:\n  dns:\n    nameservers: ["[::1"]\n', "p.yaml:3: "
+                 "settings.dns.nameservers[0]: nameserver '[::1': write [IPv6]:port, e.g. "
+                 "[::1]:5353", id="nameserver with an unclosed IPv6 bracket"),
     pytest.param("settings:\n  dns:\n    nameservers: [127.0.0.1, dns.google]\n", "p.yaml:3: "
-                 "settings.dns.nameservers[1]: 'dns.google': a nameserver is an IP address, "
+                 "settings.dns.nameservers[1]: nameserver 'dns.google' must be an IP address, "
                  "optionally with :port", id="second nameserver is named by its index"),
     pytest.param("settings:\n  dns:\n    timeout: 0\n", "p.yaml:3: settings.dns.timeout: must be "
                  "between 0.1 and 60", id="dns timeout zero"),
@@ -365,7 +371,7 @@ def test_valid_fixture_builds_the_model() -> None:
         credential="stripe-read", source=Source(file, 15),
     ),)
     assert dict(stripe.credentials) == {"stripe-read": Credential(
-        name="stripe-read", secret="env:STRIPE_KEY", header="Authorization",
+        name="stripe-read", secret=SecretRef("env", "STRIPE_KEY"), header="Authorization",
         format="Bearer {secret}", placeholder="sk_live_egress_placeholder_0000000000000000",
         source=Source(file, 20),
     )}

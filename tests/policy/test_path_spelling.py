@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from egress.brokerage import Brokerage, Refused
-from egress.inject import bound_to
+from egress.credentials.broker import CredentialBroker, bound_to
 from egress.policy.decide import Destination, Verdict, decide
 from egress.policy.load import load_policy_texts
 from egress.policy.match import path_spelling_problem
 from egress.policy.model import PolicySet
-from egress.reasons import Reason
+from egress.reasons import Problem, Reason
 
 
 @pytest.mark.parametrize("path", [
@@ -168,10 +167,10 @@ async def test_placeholder_on_an_unplain_path_is_exfiltration(policy: PolicySet,
     dest = Destination("api.example.org", 443, "POST", path)
     decision = decide(policy, "s", dest)
     assert decision.allowed and decision.rule is not None and decision.rule.credential is None
-    outcome = await Brokerage().prepare(
+    outcome = await CredentialBroker().prepare(
         None, skill, decision.rule, dest,  # type: ignore[arg-type]  # no fetch happens
         [("Authorization", "Bearer ph_0000000000000000")], path, verified_tls=True)
     if refused:
-        assert isinstance(outcome, Refused) and outcome.reason is Reason.CREDENTIAL_EXFILTRATION
+        assert isinstance(outcome, Problem) and outcome.reason is Reason.CREDENTIAL_EXFILTRATION
     else:
         assert outcome is None

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from egress.secrets import VaultBackend, VaultSettings
+from egress.policy.secret_settings import VaultSettings
+from egress.secrets import VaultBackend
 from tests.openbao import READ_POLICY, WRITE_POLICY, OpenBao, openbao_server
-from tests.secrets.helpers import ManualClock
+from tests.fakes import FakeClock
 
 
 @pytest.fixture
@@ -45,5 +46,5 @@ async def make_vault() -> AsyncIterator[Callable[..., VaultBackend]]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock()

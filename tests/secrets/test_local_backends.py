@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from egress.errors import SecretError, SecretNotFound, SecretUnavailable
-from egress.secrets import EnvBackend, FileBackend, SecretRef, parse_secret_ref
+from egress.policy.secret_refs import SecretRef, parse_secret_ref
+from egress.secrets import EnvBackend, FileBackend
 from egress.secrets.local import MAX_SECRET_FILE_BYTES
 
 

@@ -1,4 +1,4 @@
-"""SecretBroker: TTL with jitter, single flight, grace window, fail closed.
+"""SecretCache: TTL with jitter, single flight, grace window, fail closed.
 
 Most cases run on a real OpenBao and move the broker's clock by hand, so TTL and grace are
 exact without sleeping; the backend calls are counted by the broker's own stats.
@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 
 from egress.errors import SecretNotFound, SecretUnavailable
-from egress.secrets import (
-    CachedSecret,
+from egress.policy.secret_refs import parse_secret_ref
+from egress.policy.secret_settings import (
     CacheSettings,
-    EnvBackend,
-    SecretBroker,
     SecretSettings,
-    VaultBackend,
     VaultSettings,
-    build_broker,
-    parse_secret_ref,
     parse_secret_settings,
 )
+from egress.secrets import CachedSecret, EnvBackend, SecretCache, VaultBackend, build_secret_cache
 from tests.openbao import OpenBao
-from tests.secrets.helpers import BrokenBackend, GatedBackend, ManualClock
+from tests.fakes import FakeClock
+from tests.fakes import FakeSecretBackend
 
 REF = parse_secret_ref("vault:secret/skills/stripe#api_key")
 CACHE = CacheSettings(ttl=60.0, jitter=0.0, grace=300.0)
@@ -34,17 +31,17 @@ CACHE = CacheSettings(ttl=60.0, jitter=0.0, grace=300.0)
 
 @pytest.fixture
 async def broker_for(
-    bao: OpenBao, reader_token: str, clock: ManualClock
-) -> AsyncIterator[Callable[[CacheSettings], SecretBroker]]:
+    bao: OpenBao, reader_token: str, clock: FakeClock
+) -> AsyncIterator[Callable[[CacheSettings], SecretCache]]:
     """Brokers over a VaultBackend on the test's OpenBao, with the manual clock."""
-    made: list[SecretBroker] = []
+    made: list[SecretCache] = []
 
-    def make(cache: CacheSettings = CACHE) -> SecretBroker:
+    def make(cache: CacheSettings = CACHE) -> SecretCache:
         vault = VaultBackend(
             VaultSettings(addr=bao.addr, token_env="VAULT_TOKEN"),
             environ={"VAULT_TOKEN": reader_token},
         )
-        broker = SecretBroker({"vault": vault}, cache, clock=clock, rand=lambda: 0.5)
+        broker = SecretCache({"vault": vault}, cache, clock=clock, rand=lambda: 0.5)
         made.append(broker)
         return broker
 
@@ -54,7 +51,7 @@ async def broker_for(
 
 
 async def test_value_is_served_from_the_cache_within_ttl(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -66,7 +63,7 @@ async def test_value_is_served_from_the_cache_within_ttl(
 
 
 async def test_rotation_is_picked_up_after_ttl(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -82,7 +79,7 @@ async def test_rotation_is_picked_up_after_ttl(
 async def test_rotation_is_picked_up_with_the_real_clock(bao: OpenBao, reader_token: str) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     vault = VaultBackend(VaultSettings(addr=bao.addr, token_env="T"), environ={"T": reader_token})
-    broker = SecretBroker({"vault": vault}, CacheSettings(ttl=0.5, jitter=0.0, grace=5))
+    broker = SecretCache({"vault": vault}, CacheSettings(ttl=0.5, jitter=0.0, grace=5))
     try:
         assert (await broker.get(REF)).secret.reveal() == "sk_1"
         bao.kv_put("skills/stripe", {"api_key": "sk_2"})
@@ -98,7 +95,7 @@ async def test_rotation_is_picked_up_with_the_real_clock(bao: OpenBao, reader_to
 
 
 async def test_concurrent_gets_share_one_fetch(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker]
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache]
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -107,9 +104,9 @@ async def test_concurrent_gets_share_one_fetch(
     assert broker.stats.fetches == 1
 
 
-async def test_callers_arriving_during_a_fetch_wait_for_it(clock: ManualClock) -> None:
-    backend = GatedBackend({"K": "v"})
-    broker = SecretBroker({"env": backend}, CACHE, clock=clock)
+async def test_callers_arriving_during_a_fetch_wait_for_it(clock: FakeClock) -> None:
+    backend = FakeSecretBackend({"K": "v"}, gated=True)
+    broker = SecretCache({"env": backend}, CACHE, clock=clock)
     ref = parse_secret_ref("env:K")
     first = asyncio.create_task(broker.get(ref))
     await asyncio.wait_for(backend.started.wait(), timeout=5)
@@ -123,9 +120,9 @@ async def test_callers_arriving_during_a_fetch_wait_for_it(clock: ManualClock) -
     await broker.close()
 
 
-async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: ManualClock) -> None:
-    backend = GatedBackend({"K": "v"})
-    broker = SecretBroker({"env": backend}, CACHE, clock=clock)
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: FakeClock) -> None:
+    backend = FakeSecretBackend({"K": "v"}, gated=True)
+    broker = SecretCache({"env": backend}, CACHE, clock=clock)
     ref = parse_secret_ref("env:K")
     impatient = asyncio.create_task(broker.get(ref))
     await asyncio.wait_for(backend.started.wait(), timeout=5)
@@ -141,7 +138,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: Manual
 
 
 async def test_backend_down_within_grace_serves_the_stale_value(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -155,7 +152,7 @@ async def test_backend_down_within_grace_serves_the_stale_value(
 
 
 async def test_backend_down_past_grace_fails_closed(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -172,7 +169,7 @@ async def test_backend_down_past_grace_fails_closed(
 
 
 async def test_grace_zero_never_serves_stale(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CacheSettings(ttl=60, jitter=0, grace=0))
@@ -184,7 +181,7 @@ async def test_grace_zero_never_serves_stale(
 
 
 async def test_cold_start_with_backend_down_fails_closed(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker]
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache]
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     bao.kill()
@@ -195,11 +192,11 @@ async def test_cold_start_with_backend_down_fails_closed(
 
 
 async def test_backend_back_after_an_outage_serves_fresh_values(
-    bao: OpenBao, clock: ManualClock
+    bao: OpenBao, clock: FakeClock
 ) -> None:
     # The root token: the dev server forgets every other token when it restarts.
     vault = VaultBackend(VaultSettings(addr=bao.addr, token_env="T"), environ={"T": bao.root_token})
-    broker = SecretBroker({"vault": vault}, CACHE, clock=clock)
+    broker = SecretCache({"vault": vault}, CACHE, clock=clock)
     try:
         bao.kv_put("skills/stripe", {"api_key": "sk_1"})
         await broker.get(REF)
@@ -216,7 +213,7 @@ async def test_backend_back_after_an_outage_serves_fresh_values(
 
 
 async def test_not_found_is_never_papered_over(
-    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretBroker], clock: ManualClock
+    bao: OpenBao, broker_for: Callable[[CacheSettings], SecretCache], clock: FakeClock
 ) -> None:
     bao.kv_put("skills/stripe", {"api_key": "sk_1"})
     broker = broker_for(CACHE)
@@ -244,10 +241,10 @@ async def test_not_found_is_never_papered_over(
     ],
 )
 async def test_jitter_spreads_expiry_around_ttl(
-    clock: ManualClock, rand: float, age: float, fresh: bool
+    clock: FakeClock, rand: float, age: float, fresh: bool
 ) -> None:
     backend = EnvBackend({"K": "v"})
-    broker = SecretBroker(
+    broker = SecretCache(
         {"env": backend},
         CacheSettings(ttl=100, jitter=0.1, grace=0),
         clock=clock,
@@ -261,8 +258,8 @@ async def test_jitter_spreads_expiry_around_ttl(
     assert broker.stats.fetches == (1 if fresh else 2)
 
 
-async def test_unconfigured_scheme_fails_closed(clock: ManualClock) -> None:
-    broker = build_broker(SecretSettings(), environ={})
+async def test_unconfigured_scheme_fails_closed(clock: FakeClock) -> None:
+    broker = build_secret_cache(SecretSettings(), environ={})
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(REF)
     assert str(info.value) == (
@@ -273,9 +270,9 @@ async def test_unconfigured_scheme_fails_closed(clock: ManualClock) -> None:
 
 
 async def test_a_backend_breaking_its_contract_fails_closed_without_echoing(
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    broker = SecretBroker({"vault": BrokenBackend()}, CACHE, clock=clock)
+    broker = SecretCache({"vault": FakeSecretBackend(broken="contract")}, CACHE, clock=clock)
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(REF)
     assert (
@@ -284,14 +281,14 @@ async def test_a_backend_breaking_its_contract_fails_closed_without_echoing(
     await broker.close()  # the backend's failing close is logged, not raised
 
 
-async def test_close_closes_each_backend_once_and_refuses_later_gets(clock: ManualClock) -> None:
-    shared = GatedBackend({})
-    broker = SecretBroker({"env": shared, "file": shared}, CACHE, clock=clock)
+async def test_close_closes_each_backend_once_and_refuses_later_gets(clock: FakeClock) -> None:
+    shared = FakeSecretBackend({}, gated=True)
+    broker = SecretCache({"env": shared, "file": shared}, CACHE, clock=clock)
     await broker.close()
     assert shared.closes == 1
     with pytest.raises(SecretUnavailable) as info:
         await broker.get(parse_secret_ref("env:K"))
-    assert str(info.value) == "env:K: the secret broker is closed"
+    assert str(info.value) == "env:K: the secret cache is closed"
 
 
 async def test_build_broker_wires_env_file_and_vault(
@@ -305,7 +302,7 @@ async def test_build_broker_wires_env_file_and_vault(
             "cache": {"ttl": 30},
         }
     )
-    broker = build_broker(settings, environ={"VAULT_TOKEN": reader_token, "STRIPE": "from-env"})
+    broker = build_secret_cache(settings, environ={"VAULT_TOKEN": reader_token, "STRIPE": "from-env"})
     try:
         for text, expected in [
             ("vault:secret/skills/stripe#api_key", "from-vault"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from egress.secrets import SecretRef, parse_secret_ref
+from egress.policy.secret_refs import SecretRef, parse_secret_ref
 
 FORMS = "vault:MOUNT/PATH#FIELD, env:NAME or file:/PATH"
 VAULT_FORM = "write vault:MOUNT/PATH#FIELD, e.g. vault:secret/stripe#api_key"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from egress.secrets import (
+from egress.policy.secret_settings import (
     CacheSettings,
     SecretSettings,
     SettingsFieldError,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from egress.errors import SecretUnavailable
-from egress.secrets import VaultSettings
+from egress.policy.secret_settings import VaultSettings
 from tests.openbao import OpenBao
 from tests.secrets.helpers import REF, MakeVault, token_env
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from egress.errors import SecretError, SecretNotFound, SecretUnavailable
-from egress.secrets import VaultSettings, parse_secret_ref
+from egress.policy.secret_refs import parse_secret_ref
+from egress.policy.secret_settings import VaultSettings
 from tests.openbao import OpenBao
 from tests.secrets.helpers import REF, MakeVault, token_env
 

@@ -1,0 +1,254 @@
+"""The admin endpoint: health, readiness, Prometheus metrics and reload, over aiohttp.
+
+    GET  /healthz   200 while the process serves: policy digest, last reload, audit errors
+    GET  /readyz    200 when a policy is loaded, the token store is readable and the secret
+                    manager (if one is configured) answers; 503 otherwise, and while draining
+    GET  /metrics   Prometheus text format (see egress/ops/metrics.py)
+    POST /reload    reload the policy now: 200 with the new digest, 422 with the errors
+
+It listens on loopback by default. Bound to any other address it requires a bearer token
+(`Authorization: Bearer TOKEN`; from $EGRESS_ADMIN_TOKEN or DATA_DIR/admin-token) and refuses
+to start without one. A configured token is required on loopback too. Tokens are compared
+with hmac.compare_digest and never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from egress.errors import ConfigError
+from egress.ops.metrics import Metrics, Snapshot
+from egress.ops.reload import Reloader
+from egress.ops.runtime import Runtime
+
+__all__ = ["ADMIN_TOKEN_ENV", "ADMIN_TOKEN_FILE", "AdminServer", "Operated", "admin_token",
+           "check_admin_bind", "is_loopback", "snapshot"]
+
+log = logging.getLogger("egress")
+
+ADMIN_TOKEN_ENV = "EGRESS_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin-token"
+_MIN_TOKEN = 16
+_PING_TIMEOUT = 3.0
+_PING_CACHE = 2.0  # seconds a secret-manager health answer is reused (probe storms)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Operated(Protocol):
+    """What the admin endpoint reads from the running proxy (EgressAddon provides it)."""
+
+    @property
+    def runtime(self) -> Runtime | None: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def open_connections(self) -> Mapping[str, int]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(data_dir: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """The admin bearer token: $EGRESS_ADMIN_TOKEN, else DATA_DIR/admin-token, else None."""
+    env = os.environ if environ is None else environ
+    token = env.get(ADMIN_TOKEN_ENV, "").strip()
+    if not token:
+        try:
+            token = (data_dir / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            token = ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the admin token file {data_dir / ADMIN_TOKEN_FILE}: "
+                              f"{type(exc).__name__}") from exc
+    if token and len(token) < _MIN_TOKEN:
+        raise ConfigError(f"the admin token is too short: use at least {_MIN_TOKEN} characters, "
+                          f"e.g. `openssl rand -hex 32`")
+    return token or None
+
+
+def check_admin_bind(host: str, token: str | None) -> None:
+    """Refuse an admin endpoint reachable from the network without a token."""
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"--admin {host}: not a loopback address, so the admin endpoint needs a token: "
+            f"set {ADMIN_TOKEN_ENV} or write one to DATA_DIR/{ADMIN_TOKEN_FILE}")
+
+
+def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
+    """The state /metrics reports, read from the running proxy."""
+    rt = target.runtime
+    if rt is None:
+        return Snapshot(open_connections=target.open_connections())
+    stats = getattr(getattr(rt, "secrets", None), "stats", None)
+    secrets = None if stats is None else dataclasses.replace(stats)  # a copy: they keep counting
+    failing = reloader.failing if reloader is not None else rt.reloads.last_error is not None
+    # Every skill of the policy reports 0 rather than vanishing when its last connection closes.
+    conns = {"": 0, **dict.fromkeys(rt.policy.skills, 0), **target.open_connections()}
+    c = rt.policy.settings.connections
+    guard = getattr(target, "guard", None)
+    return Snapshot(
+        connection_limits={
+            "request_head_timeout_seconds": c.request_head_timeout,
+            "idle_before_auth_seconds": c.idle_before_auth,
+            "idle_timeout_seconds": c.idle_timeout,
+            "clienthello_timeout_seconds": c.clienthello_timeout,
+            "max_unauthenticated_per_address": c.max_unauthenticated_per_address,
+        },
+        unauthenticated_connections=guard.unauthenticated() if guard is not None else None,
+        policy_digest=rt.policy.digest, reloads_ok=rt.reloads.ok, reloads_failed=rt.reloads.failed,
+        reload_failing=failing, open_connections=conns, secrets=secrets,
+        audit_lines=rt.audit.lines_written, audit_write_errors=rt.audit.write_errors,
+        audit_rotations=getattr(rt.audit, "rotations", 0), token_store_ok=rt.tokens.error is None,
+        audit_folded=getattr(getattr(rt, "folder", None), "folded", 0),
+        audit_summaries=getattr(getattr(rt, "folder", None), "summaries", 0),
+    )
+
+
+@dataclass
+class _Ping:
+    at: float = -1e9
+    ok: bool = False
+
+
+class AdminServer:
+    def __init__(self, target: Operated, reloader: Reloader, *, host: str = "127.0.0.1",
+                 port: int = 8081, token: str | None = None,
+                 draining: Callable[[], bool] = lambda: False) -> None:
+        check_admin_bind(host, token)
+        self.target, self.reloader = target, reloader
+        self.host, self.port = host, port
+        self._token = token.encode() if token else None
+        self._draining = draining
+        self._runner: web.AppRunner | None = None
+        self._ping = _Ping()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._auth], client_max_size=1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/reload", self.reload)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror})") from exc
+        self._runner = runner
+        addresses = runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
+        log.info("admin endpoint on http://%s:%d/ (healthz, readyz, metrics, reload)%s",
+                 self.host, self.port, ", bearer token required" if self._token else "")
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # -- auth ----------------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if self._token is not None:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            ok = (scheme.lower() == "bearer"
+                  and hmac.compare_digest(given.strip().encode(), self._token))
+            if not ok:
+                return _json({"error": "unauthorized",
+                              "message": "send Authorization: Bearer <admin token>"}, 401,
+                             {"WWW-Authenticate": 'Bearer realm="egress-admin"'})
+        return await handler(request)
+
+    # -- handlers ------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        rt = self.target.runtime
+        last = self.reloader.last
+        reload_info: dict[str, Any] = {"ok": last is None or last.ok}
+        if last is not None:
+            reload_info.update(trigger=last.trigger, errors=list(last.errors))
+        body = {
+            "status": "degraded" if self.reloader.failing else "ok",
+            "policy": rt.policy.digest if rt else None,
+            "policy_reload": reload_info,
+            "audit_write_errors": rt.audit.write_errors if rt else 0,
+            "open_connections": sum(self.target.open_connections().values()),
+        }
+        return _json(body, 200)
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        rt = self.target.runtime
+        checks: dict[str, dict[str, Any]] = {
+            "policy": {"ok": rt is not None, "digest": rt.policy.digest if rt else None},
+        }
+        if rt is not None:
+            checks["tokens"] = {"ok": rt.tokens.error is None}
+            if rt.tokens.error:
+                checks["tokens"]["error"] = rt.tokens.error
+            secrets = rt.policy.settings.secrets
+            if secrets is not None and getattr(secrets, "vault", None) is not None:
+                checks["secrets"] = {"ok": await self._secret_backend_ok(rt)}
+        if self.reloader.failing and self.reloader.last is not None:
+            # Still ready: the running policy is valid. Shown so a bad edit is not missed.
+            checks["policy"]["reload_errors"] = list(self.reloader.last.errors)
+        draining = self._draining()
+        ready = not draining and all(c["ok"] for c in checks.values())
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if draining:
+            body["draining"] = True
+        return _json(body, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = self.target.metrics.render(snapshot(self.target, self.reloader))
+        return web.Response(body=text.encode(), headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        result = await self.reloader.reload("admin")
+        body: dict[str, Any] = {"ok": result.ok, "policy": result.policy}
+        if not result.ok:
+            body["errors"] = list(result.errors)
+        return _json(body, 200 if result.ok else 422)
+
+    async def _secret_backend_ok(self, rt: Runtime) -> bool:
+        now = time.monotonic()
+        if now - self._ping.at < _PING_CACHE:
+            return self._ping.ok
+        ok = False
+        try:
+            ok = await asyncio.wait_for(rt.secrets.ping(), _PING_TIMEOUT)
+        except Exception:  # unreachable or timed out is "not ready", never a crash
+            ok = False
+        self._ping = _Ping(now, ok)
+        return ok
+
+
+def _json(body: Mapping[str, Any], status: int,
+          headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=(json.dumps(body) + "\n").encode(),
+                        headers={"Content-Type": "application/json", "Cache-Control": "no-store",
+                                 **(headers or {})})

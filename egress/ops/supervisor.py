@@ -1,0 +1,107 @@
+"""What runs around the proxy while `egress serve` is up: reload watcher, admin endpoint, signals.
+
+    start:    policy watcher + SIGHUP (egress/ops/reload.py), admin endpoint (egress/ops/admin.py),
+              SIGTERM/SIGINT handlers
+    SIGTERM:  stop accepting connections, let open ones finish for up to `drain_seconds`,
+              then stop the proxy; a second SIGTERM/SIGINT stops at once
+    stop:     stop the admin endpoint and the watcher, close the audit log
+
+Draining keeps open tunnels working (a download or an SSE stream in progress finishes)
+while the listening socket is already closed, so a supervisor can start the next egress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from egress.ops.admin import AdminServer
+from egress.ops.reload import Reloader
+from egress.policy.hosts import parse_ip_literal
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("egress")
+
+_DRAIN_POLL = 0.1
+
+
+class Supervisor:
+    def __init__(self, master: Any, addon: Any, *, admin: tuple[str, int] | None,
+                 admin_token: str | None = None, drain_seconds: float = 10.0,
+                 watch_interval: float = 1.0) -> None:
+        """`master`: the mitmproxy Master; `addon`: its EgressAddon. No I/O here."""
+        self.master, self.addon = master, addon
+        self.admin_address = admin
+        self.drain_seconds = drain_seconds
+        self.reloader = Reloader(lambda: addon.runtime, interval=watch_interval)
+        self.admin = (AdminServer(addon, self.reloader, host=admin[0], port=admin[1],
+                                  token=admin_token, draining=lambda: self.draining)
+                      if admin is not None else None)
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.reloader.start(loop)
+        if self.admin is not None:
+            await self.admin.start()
+            runtime = getattr(self.addon, "runtime", None)
+            address = parse_ip_literal(self.admin_address[0]) if self.admin_address else None
+            if runtime is not None and address is not None and self.admin_address:
+                runtime.add_self_address(address, self.admin_address[1])  # loop protection
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+
+    def on_stop_signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.draining:
+            log.warning("%s again: stopping now", signal.Signals(sig).name)
+            self.master.shutdown()
+            return
+        self.draining = True
+        self._drain_task = asyncio.get_running_loop().create_task(self.drain(sig))
+
+    async def drain(self, sig: int = signal.SIGTERM) -> None:
+        """Stop listening, wait for open connections (at most drain_seconds), stop the proxy."""
+        proxyserver = self.master.addons.get("proxyserver")
+        try:
+            if proxyserver is not None:
+                await proxyserver.servers.update([])  # closes the listening sockets only
+            open_now = self._open_connections(proxyserver)
+            log.info("%s: no longer accepting connections; waiting up to %gs for %d open",
+                     signal.Signals(sig).name, self.drain_seconds, open_now)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.drain_seconds
+            while self._open_connections(proxyserver) and loop.time() < deadline:
+                await asyncio.sleep(_DRAIN_POLL)
+            left = self._open_connections(proxyserver)
+            if left:
+                log.warning("drain timeout: closing %d connections still open", left)
+            else:
+                log.info("drained: every connection finished")
+        except Exception:
+            log.exception("error while draining; stopping now")
+        finally:
+            self.master.shutdown()
+
+    async def stop(self) -> None:
+        """After the proxy stopped: admin endpoint, watcher, audit log."""
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                await self.admin.stop()
+        await self.reloader.stop()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        runtime = self.addon.runtime
+        if runtime is not None:
+            runtime.flush_audit(final=True)  # summaries of folded denials (if `done` did not)
+            runtime.audit.close()  # each line is already written with os.write: nothing buffered
+
+    @staticmethod
+    def _open_connections(proxyserver: Any) -> int:
+        return len(proxyserver.connections) if proxyserver is not None else 0
