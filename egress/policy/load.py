@@ -34,6 +34,7 @@ from egress.policy.secret_settings import SettingsFieldError
 from egress.policy.settings_reader import SettingsReader, parse_mode
 from egress.policy.shapes import (
     SHAPE_KEYS,
+    OAuth2,
     parse_aws_sigv4,
     parse_basic,
     parse_oauth2,
@@ -306,7 +307,7 @@ class _Builder(SettingsReader):
                 ref = getattr(parsed, key)
                 if ref is not None:
                     refs.append(RefUse(f"{shape}.{key}", ref, _line(file, find(value_node, key))))
-            if shape == "oauth2":
+            if isinstance(parsed, OAuth2):
                 secret = parsed.client_secret
         header = "Authorization"
         if "header" in fields:

@@ -10,6 +10,7 @@ for every refusal the wire itself produces (handshakes, timeouts, messages, bodi
                        tls_clienthello  SNI check again; intercept if a rule looks inside
     request in tunnel  requestheaders   gate (head, upgrade, policy, limits, credential)
     GET http://h/p     requestheaders   gate (auth, head, policy, limits, credential, address)
+    whole body         request          an AWS request signed once its body is known
     response           responseheaders  a 101 only for WebSocket; stream; redact the key
     WebSocket message  websocket_message  size cap, no stray keys; redact upstream echoes
     upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
@@ -37,7 +38,7 @@ from egress.policy.decide import Destination
 from egress.policy.hosts import listen_addresses, parse_ip_literal
 from egress.policy.model import ConnectionSettings, PolicySet
 from egress.proxy import connclose, header_limit, websocket
-from egress.proxy.bodies import install_response_guard, request_scanner
+from egress.proxy.bodies import carried_in_body, install_response_guard, request_scanner
 from egress.proxy.ca import ca_dir, ensure_ca
 from egress.proxy.connections import ConnectionTracker
 from egress.proxy.connguard import ConnectionGuard
@@ -70,6 +71,9 @@ class EgressAddon:
             weakref.WeakKeyDictionary())
         # Credentials injected into a flow, kept to redact echoes in its response.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injected] = (
+            weakref.WeakKeyDictionary())
+        # Flows whose body is buffered to be signed (AWS, no x-amz-content-sha256).
+        self._buffered: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Arrival, Admitted]] = (
             weakref.WeakKeyDictionary())
         self._protocol_audit: ProtocolErrorAudit | None = None
         self._audit_flusher: asyncio.Task[None] | None = None
@@ -216,11 +220,17 @@ class EgressAddon:
                 req.headers["Host"] = outcome.host_header
             if outcome.origin_form:
                 req.authority = ""  # an absolute-form target naming the CONNECT host
-            if outcome.credential is not None:
-                req.headers = http.Headers(
-                    [(k.encode(), v.encode()) for k, v in outcome.credential.fields])
-                self._injected[flow] = outcome.credential
-            req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
+            injected = outcome.credential
+            if injected is not None:
+                req.headers = http.Headers([(k.encode(), v.encode()) for k, v in injected.fields])
+                if injected.target is not None:
+                    req.path = injected.target  # the key in the query, or a re-signed query
+                self._injected[flow] = injected
+            if injected is not None and injected.sign_body is not None:
+                req.stream = False  # signed in `request`, once the whole body is here
+                self._buffered[flow] = (what, outcome)
+            else:
+                req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
             self._websockets.admitted(flow, outcome.skill, outcome.dest, tls=what.verified_tls)
         self.recorder.allowed(what, outcome, resolved)
 
@@ -235,6 +245,30 @@ class EgressAddon:
             detail=f"request body carries credential {name}, bound to other hosts; "
                    f"upstream aborted",
             credential=admitted.credential.credential if admitted.credential else None))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A buffered AWS request: refuse a body carrying a stray key, else sign it."""
+        pending = self._buffered.pop(flow, None)
+        injected = self._injected.get(flow)
+        if pending is None or injected is None or injected.sign_body is None \
+                or flow.response is not None:
+            return
+        what, admitted = pending
+        try:
+            body = flow.request.raw_content or b""
+            found = carried_in_body(body, admitted.unbound) if admitted.unbound else None
+            if found is not None:
+                flow.response = response(self.recorder.refused(what, Refused(
+                    Reason.CREDENTIAL_EXFILTRATION,
+                    f"request body carries credential {found}, bound to other hosts",
+                    admitted.skill, admitted.dest, admitted.request_id, admitted.decision,
+                    counted=True)))
+                return
+            fields, target = injected.sign_body(body)
+            flow.request.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
+            flow.request.path = target
+        except Exception:
+            self._fail_closed(flow)
 
     @staticmethod
     def _pop_auth(flow: http.HTTPFlow) -> str | None:
@@ -293,7 +327,10 @@ class EgressAddon:
             # Every response streams (SSE arrives event by event); one to a request that
             # carried a key streams through the redactor (egress/proxy/bodies.py).
             injected = self._injected.get(flow)
-            refused = install_response_guard(flow, injected.secret if injected else None)
+            if injected is not None and injected.refused is not None \
+                    and flow.response.status_code == 401:
+                injected.refused()  # a minted token the upstream no longer takes
+            refused = install_response_guard(flow, injected.echoes if injected else ())
             if refused is not None:
                 self._kill(flow, Reason.RESPONSE_UNREADABLE, refused,
                            credential=injected.credential if injected else None)
@@ -325,7 +362,7 @@ class EgressAddon:
         try:
             self._websockets.message(flow)  # client messages: size cap, no stray keys
             injected = self._injected.get(flow)  # upstream messages: no echo of the key
-            self._websockets.redact_echo(flow, injected.secret if injected else None)
+            self._websockets.redact_echo(flow, injected.echoes if injected else ())
         except Exception:  # a bug must not let a message through: drop it, close, audit
             log.exception("egress: error checking a WebSocket message; closing the connection")
             WebSocketGuard.fail_closed(flow)

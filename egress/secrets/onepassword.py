@@ -127,7 +127,7 @@ class OnePasswordBackend:
     @staticmethod
     def _field(ref: SecretRef, item: dict[str, Any]) -> dict[str, Any]:
         parts = ref.parts
-        section_ids: set[str] | None = None
+        section_ids: set[object] | None = None
         if len(parts) == 3:
             section_ids = {s.get("id") for s in item.get("sections") or []
                            if isinstance(s, dict) and parts[2] in (s.get("label"), s.get("id"))}
