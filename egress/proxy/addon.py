@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import AddonHalt, OptionsError
@@ -30,7 +31,8 @@ from mitmproxy.proxy import layer, server_hooks
 from egress.audit.records import new_request_id
 from egress.credentials.broker import Injected
 from egress.errors import PolicyErrors
-from egress.ops.datadir import default_data_dir
+from egress.ops.credential_health import watch_secret_status
+from egress.ops.datadir import default_data_dir, staged_copy
 from egress.ops.metrics import Metrics
 from egress.ops.ratelimit import RateLimiter
 from egress.ops.runtime import Runtime, flush_audit_periodically
@@ -76,7 +78,9 @@ class EgressAddon:
         self._buffered: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Arrival, Admitted]] = (
             weakref.WeakKeyDictionary())
         self._protocol_audit: ProtocolErrorAudit | None = None
+        self._upstream_ca: str | None = None  # the CA file egress gave mitmproxy
         self._audit_flusher: asyncio.Task[None] | None = None
+        self._status_watcher: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.gate = Gate(lambda: self.runtime, self.limiter, self.metrics)
@@ -137,11 +141,32 @@ class EgressAddon:
             # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
             ensure_ca(self.runtime.data_dir)
             updates["confdir"] = str(ca_dir(self.runtime.data_dir))
-        upstream_ca = self.runtime.policy.settings.upstream_ca
+        try:
+            upstream_ca = staged_copy(self.runtime.data_dir,
+                                      self.runtime.policy.settings.upstream_ca)
+        except ValueError as exc:
+            raise OptionsError(f"settings.upstream_ca: {exc}") from exc
         if upstream_ca and ctx.options.ssl_verify_upstream_trusted_ca != upstream_ca:
             updates["ssl_verify_upstream_trusted_ca"] = upstream_ca
+            self._upstream_ca = upstream_ca
         if updates:
             ctx.options.update(**updates)
+        self.runtime.settings_hooks.append(self._upstream_ca_hook)
+
+    def _upstream_ca_hook(self, new: PolicySet) -> Callable[[], None]:
+        """On reload: mitmproxy verifies upstream TLS with the new `upstream_ca` (a copy named
+        by its content, so an edited file is read again), or refuses the reload."""
+        assert self.runtime is not None
+        staged = staged_copy(self.runtime.data_dir, new.settings.upstream_ca)  # ValueError
+
+        def commit() -> None:
+            if staged is None and self._upstream_ca is None:
+                return  # egress never set the option: leave an operator's --set alone
+            if ctx.options.ssl_verify_upstream_trusted_ca != staged:
+                ctx.options.update(ssl_verify_upstream_trusted_ca=staged)
+            self._upstream_ca = staged
+
+        return commit
 
     def running(self) -> None:
         if self._protocol_audit is None:
@@ -150,6 +175,9 @@ class EgressAddon:
         if self._audit_flusher is None:  # summaries of folded denials, on their interval
             self._audit_flusher = asyncio.get_running_loop().create_task(
                 flush_audit_periodically(lambda: self.runtime))
+        if self._status_watcher is None:  # secrets' ages for /metrics
+            self._status_watcher = asyncio.get_running_loop().create_task(
+                watch_secret_status(lambda: self.runtime))
         self.guard.start()
 
     def done(self) -> None:
@@ -160,6 +188,9 @@ class EgressAddon:
         if self._audit_flusher is not None:
             self._audit_flusher.cancel()
             self._audit_flusher = None
+        if self._status_watcher is not None:
+            self._status_watcher.cancel()
+            self._status_watcher = None
         if self.runtime is not None:
             self.runtime.flush_audit(final=True)
 
@@ -498,6 +529,10 @@ class EgressAddon:
 
     def _connection_settings(self) -> ConnectionSettings:
         return self.runtime.policy.settings.connections if self.runtime else ConnectionSettings()
+
+    def oauth_grants(self) -> dict[str, int]:
+        """OAuth access tokens minted so far, by grant type, for /metrics."""
+        return dict(self.gate.credentials.minter.grants)
 
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""
