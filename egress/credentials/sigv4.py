@@ -43,9 +43,11 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SIGNED_EXTRA = ("content-type", "content-md5")
-# Presigned-URL parameters: egress signs with the Authorization header instead.
+# Presigned-URL parameters (SigV4, and S3's SigV2 ones): egress signs with the Authorization
+# header instead; left in, they would be a second, placeholder signature.
 _PRESIGN = frozenset({"x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires",
                       "x-amz-signedheaders", "x-amz-signature", "x-amz-security-token"})
+_PRESIGN_V2 = frozenset({"AWSAccessKeyId", "Signature", "Expires"})
 # The skill's signature and the headers egress sets itself.
 _REPLACED = frozenset({"authorization", "x-amz-date", "x-amz-security-token"})
 
@@ -149,7 +151,7 @@ def _canonical_query(query: str) -> str:
             continue
         name, _, value = part.partition("=")
         name, value = unquote(name), unquote(value)
-        if name.lower() in _PRESIGN:
+        if name.lower() in _PRESIGN or name in _PRESIGN_V2:
             continue
         pairs.append((_encode(name), _encode(value)))
     return "&".join(f"{n}={v}" for n, v in sorted(pairs))
