@@ -110,7 +110,8 @@ class OnePasswordBackend:
             return str(ids[0])
         if _ID.fullmatch(name):
             return name  # a 26-character id given instead of a name
-        raise SecretNotFound(f"{ref}: no {kind} of that name")
+        scope = " (or the token may not see it)" if kind == "vault" else ""
+        raise SecretNotFound(f"{ref}: no {kind} of that name{scope}")
 
     @staticmethod
     def _check(ref: SecretRef, status: int, kind: str) -> None:
