@@ -56,7 +56,7 @@ def test_one_report_mode_policy_per_skill_with_keys_and_egress_check_passes(
 
 
 @pytest.mark.parametrize("skill, host", [
-    pytest.param("weather", "openweathermap.org", id="homepage host listed (unbound) for a key of unknown kind"),
+    pytest.param("weather", "openweathermap.org", id="homepage host listed beside the API host the variable names"),
     pytest.param("github", "cli.github.com", id="homepage host listed beside the key's API host"),
 ])
 def test_homepage_hosts_are_listed_as_guesses(claw: ClawHome, skill: str, host: str) -> None:
@@ -67,10 +67,16 @@ def test_homepage_hosts_are_listed_as_guesses(claw: ClawHome, skill: str, host: 
     assert "# GUESS from the SKILL.md homepage" in text
 
 
-def test_unbound_credential_says_what_to_do(claw: ClawHome) -> None:
+def test_a_key_the_api_takes_in_the_url_becomes_a_query_credential(claw: ClawHome) -> None:
+    # OpenWeather takes `?appid=KEY`: a header credential would leave the skill broken.
     assert claw.import_() == 0
-    text = (claw.policies / "openclaw-weather.yaml").read_text()
-    assert "# NOT BOUND to a host yet: add `credential: OPENWEATHER_API_KEY` to the rule" in text
+    weather = policy_of(claw, "weather")
+    cred = weather["credentials"]["OPENWEATHER_API_KEY"]
+    assert cred["query"] == "appid" and "header" not in cred and "format" not in cred
+    assert {"host": "api.openweathermap.org", "credential": "OPENWEATHER_API_KEY"} \
+        in weather["allow"]
+    policy = load_policy_dir(claw.policies)
+    assert policy.skills["weather"].credentials["OPENWEATHER_API_KEY"].shape == "query"
 
 
 @pytest.mark.parametrize("credential", sorted(KEY_OF))
