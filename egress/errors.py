@@ -7,7 +7,9 @@
      ├── ResolveError           DNS said no, or said nothing in time (reason: dns_failure)
      ├── SecretError
      │    ├── SecretNotFound    the backend answered: no such secret/field (or version deleted)
-     │    └── SecretUnavailable the backend could not be asked (down, auth failed, timeout)
+     │    └── SecretUnavailable the backend could not be asked (down, timeout, sealed)
+     │         ├── SecretForbidden     it refused egress's token or access to the secret
+     │         └── SecretMisconfigured egress cannot ask it: no settings, token variable unset
      └── ConfigError            a command-line or option value that cannot work
 
 Library exceptions (yaml, dnspython, aiohttp, OSError) are translated into these at the
@@ -27,8 +29,11 @@ __all__ = [
     "PolicyErrors",
     "ResolveError",
     "SecretError",
+    "SecretForbidden",
+    "SecretMisconfigured",
     "SecretNotFound",
     "SecretUnavailable",
+    "secret_error_class",
 ]
 
 
@@ -84,6 +89,28 @@ class SecretNotFound(SecretError):
 
 class SecretUnavailable(SecretError):
     """The backend could not be asked: unreachable, timed out, sealed or auth refused."""
+
+
+class SecretForbidden(SecretUnavailable):
+    """The backend refused egress's token (401/403), or the token may not read this secret.
+    Still "unavailable" to the cache: a value fetched before may be served within grace."""
+
+
+class SecretMisconfigured(SecretUnavailable):
+    """egress cannot ask the backend at all: its settings are missing, or the variable or file
+    that should hold its token is unset, empty or unreadable."""
+
+
+def secret_error_class(exc: BaseException) -> str:
+    """The stable class of a secret failure for audit lines, /readyz and `egress check
+    --resolve`: missing, forbidden, misconfigured or down (anything else that failed)."""
+    if isinstance(exc, SecretNotFound):
+        return "missing"
+    if isinstance(exc, SecretForbidden):
+        return "forbidden"
+    if isinstance(exc, SecretMisconfigured):
+        return "misconfigured"
+    return "down"
 
 
 class ConfigError(EgressError):

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     BAD_HEADER = "bad_header"
     PATH_NOT_CANONICAL = "path_not_canonical"
     WEBSOCKET_MESSAGE_TOO_BIG = "websocket_message_too_big"
+    # Brokered credentials in shapes egress cannot produce for this request.
+    SIGNING_UNSUPPORTED = "signing_unsupported"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ _WHY: dict[Reason, str] = {
         "A WebSocket message was larger than egress relays (settings.websocket.max_message); "
         "the connection was closed with code 1009."
     ),
+    Reason.SIGNING_UNSUPPORTED: (
+        "egress signs this host's requests with the real AWS keys, and cannot re-sign this "
+        "one: aws-chunked streaming uploads (x-amz-content-sha256: STREAMING-...) are not "
+        "supported."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -174,6 +181,11 @@ _WHAT_TO_DO: dict[Reason, str] = {
                                "will be refused again.",
     Reason.WEBSOCKET_MESSAGE_TOO_BIG: "Send smaller messages, or ask the operator to raise "
                                       "settings.websocket.max_message.",
+    Reason.SIGNING_UNSUPPORTED: (
+        "Configure the AWS SDK to send UNSIGNED-PAYLOAD or a signed payload (boto3: "
+        "Config(request_checksum_calculation='when_required')); the same request will be "
+        "refused again."
+    ),
 }
 
 _DEFAULT_TO_DO = (

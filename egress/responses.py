@@ -33,6 +33,7 @@ _STATUS: dict[Reason, int] = {
     Reason.AUTH_TIMEOUT: 408,
     Reason.IDLE_TIMEOUT: 408,
     Reason.UNAUTHENTICATED_LIMIT: 429,
+    Reason.SIGNING_UNSUPPORTED: 400,
 }
 
 

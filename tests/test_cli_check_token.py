@@ -31,6 +31,9 @@ def _no_ambient_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     # Never touch the developer's real state directory.
     monkeypatch.delenv("EGRESS_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    # The valid fixture's references, present in this environment (see test_secret_checks).
+    monkeypatch.setenv("STRIPE_KEY", "sk_test_in_the_environment")
+    monkeypatch.setenv("VAULT_TOKEN", "a-vault-token")
 
 
 # -- check -----------------------------------------------------------------------------------

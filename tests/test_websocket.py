@@ -44,7 +44,7 @@ def test_stray_credentials_in_a_message(content: bytes, known: dict[str, str],
     # Outside verified TLS every credential is stray: this is the detector's table.
     skill = load_policy_texts([("p.yaml", POLICY)]).skills["s"]
     broker = CredentialBroker()
-    broker._known["s"] = {k: Secret(v) for k, v in known.items()}
+    broker._known["s"] = {k: (Secret(v),) for k, v in known.items()}
     dest = Destination("api.example.org", 443, "GET", "/")
     assert set(broker.stray_in_message(skill, content, dest, verified_tls=False)) == found
 

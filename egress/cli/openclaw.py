@@ -39,12 +39,22 @@ def register(sub: Any) -> None:
                     "skill with keys write a report-mode policy with one credential per key, "
                     "store the keys (DATA_DIR/secrets, or OpenBao/Vault with --to-vault), and "
                     "replace them in openclaw.json by placeholders of the same shape. The "
-                    "original config is kept as openclaw.json.egress-backup. --to-vault takes "
+                    "original config is kept as openclaw.json.egress-backup (mode 0600: it holds "
+                    "the keys in clear text; --no-backup skips it). A key whose shape (header, "
+                    "query parameter) egress does not know stays, with a note. --to-vault takes "
                     "the server from BAO_ADDR/VAULT_ADDR and the token from "
                     "BAO_TOKEN/VAULT_TOKEN.")
     imp.add_argument("--config", type=Path, default=None, metavar="PATH",
                      help="openclaw.json (default: $OPENCLAW_CONFIG_PATH, else "
-                          "$OPENCLAW_STATE_DIR/openclaw.json, else ~/.openclaw/openclaw.json)")
+                          "$OPENCLAW_STATE_DIR/openclaw.json, else "
+                          "~/.openclaw[-PROFILE]/openclaw.json; ~ is $OPENCLAW_HOME if set)")
+    imp.add_argument("--profile", default=None, metavar="NAME",
+                     help="the OpenClaw profile (as `openclaw --profile NAME`): its state "
+                          "directory ~/.openclaw-NAME, unless OPENCLAW_STATE_DIR or "
+                          "OPENCLAW_CONFIG_PATH say otherwise")
+    imp.add_argument("--no-backup", action="store_true",
+                     help="keep no copy of the original config (it would hold the keys in "
+                          "clear text)")
     imp.add_argument("--skills-dir", type=Path, action="append", default=[], metavar="DIR",
                      help="another folder of skills, searched before OpenClaw's own "
                           "(repeatable)")
@@ -85,9 +95,11 @@ def run_import_command(args: argparse.Namespace) -> int:
     from egress.openclaw.importer import ImportOptions, run_import
 
     options = ImportOptions(
-        config=(args.config or default_config_path()).expanduser(),
+        config=args.config.expanduser() if args.config else default_config_path(
+            profile=args.profile),
         policies=args.policies, data_dir=data_dir(args),
         skills_dirs=tuple(args.skills_dir), to_vault=args.to_vault, gateway=args.gateway,
+        backup=not args.no_backup,
     )
     try:
         result = run_import(options)
@@ -112,6 +124,7 @@ def _summary_json(result: ImportResult, options: ImportOptions) -> dict[str, Any
         "config_changed": result.config_changed,
         "layout_kept": result.kept_layout,
         "backup": str(result.backup) if result.backup else None,
+        "backup_holds_clear_text_keys": result.backup is not None,
         "left_in_config": result.leftovers,
         "notes": result.plan.notes + result.problems,
     }
@@ -145,7 +158,11 @@ def _print_summary(result: ImportResult, options: ImportOptions) -> None:
     else:
         out.append(f"{options.config}: unchanged")
     if result.backup:
-        out.append(f"original kept in {result.backup} (same permissions)")
+        out.append(f"original kept in {result.backup} (mode 0600): it holds the keys in CLEAR "
+                   f"TEXT; once the skills work through egress, remove it: shred -u "
+                   f"{result.backup}")
+    elif result.config_changed and not options.backup:
+        out.append("no backup kept (--no-backup)")
     if result.leftovers:
         out.append("still in the config, not skill keys (left as they are): "
                    + ", ".join(result.leftovers))

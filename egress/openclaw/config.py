@@ -30,6 +30,8 @@ __all__ = [
     "Rewrite",
     "default_config_path",
     "default_skill_roots",
+    "expand_home",
+    "openclaw_home",
     "parse_config",
     "read_config",
     "rewrite_config_text",
@@ -41,14 +43,41 @@ BACKUP_SUFFIX = ".egress-backup"
 MAX_CONFIG = 16 * 1024 * 1024
 
 
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Where OpenClaw reads its config: $OPENCLAW_CONFIG_PATH, else the state directory's
-    openclaw.json ($OPENCLAW_STATE_DIR, else ~/.openclaw)."""
+_PROFILE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what `openclaw --profile` accepts
+
+
+def openclaw_home(environ: Mapping[str, str] | None = None) -> Path:
+    """The home directory OpenClaw resolves `~` against: $OPENCLAW_HOME, else $HOME."""
     env = os.environ if environ is None else environ
-    if env.get("OPENCLAW_CONFIG_PATH"):
-        return Path(env["OPENCLAW_CONFIG_PATH"]).expanduser()
-    state = env.get("OPENCLAW_STATE_DIR")
-    return (Path(state).expanduser() if state else Path("~/.openclaw").expanduser()) / "openclaw.json"
+    home = (env.get("OPENCLAW_HOME") or "").strip()
+    return Path(home).expanduser() if home else Path(env.get("HOME") or Path.home())
+
+
+def expand_home(text: str, environ: Mapping[str, str] | None = None) -> Path:
+    """`text` as a path, with a leading `~` meaning OpenClaw's home (see openclaw_home)."""
+    if text == "~" or text.startswith("~/"):
+        return openclaw_home(environ) / text[2:]
+    return Path(text)
+
+
+def default_config_path(environ: Mapping[str, str] | None = None,
+                        profile: str | None = None) -> Path:
+    """Where OpenClaw reads its config, as OpenClaw decides it: $OPENCLAW_CONFIG_PATH, else
+    the state directory's openclaw.json. The state directory is $OPENCLAW_STATE_DIR, else
+    ~/.openclaw-PROFILE with `--profile PROFILE` (~/.openclaw for "default"), else
+    ~/.openclaw; `~` is $OPENCLAW_HOME when set. Like OpenClaw, a profile only fills in
+    what the variables leave open. Raises ConfigError for a profile name OpenClaw refuses."""
+    env = os.environ if environ is None else environ
+    if profile is not None and not _PROFILE.match(profile):
+        raise ConfigError(f"--profile {profile!r}: use letters, digits, '_' and '-' only "
+                          "(as openclaw --profile does)")
+    if (env.get("OPENCLAW_CONFIG_PATH") or "").strip():
+        return expand_home(env["OPENCLAW_CONFIG_PATH"].strip(), env)
+    state = (env.get("OPENCLAW_STATE_DIR") or "").strip()
+    if state:
+        return expand_home(state, env) / "openclaw.json"
+    suffix = f"-{profile}" if profile and profile.lower() != "default" else ""
+    return openclaw_home(env) / f".openclaw{suffix}" / "openclaw.json"
 
 
 def read_config(path: Path) -> tuple[str, dict[str, Any]]:
@@ -86,21 +115,41 @@ def parse_config(text: str, name: str) -> dict[str, Any]:
     return data
 
 
-def default_skill_roots(config_path: Path, config: Mapping[str, Any]) -> list[Path]:
-    """Skill folders OpenClaw loads, highest precedence first: the workspace's `skills` and
-    `.agents/skills`, the state directory's `skills`, then `skills.load.extraDirs`."""
+def default_skill_roots(config_path: Path, config: Mapping[str, Any],
+                        environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Skill folders OpenClaw loads, highest precedence first: the default workspace's
+    `skills` and `.agents/skills`, then those of each agent's own workspace (`agents.list`,
+    an array of {id, workspace}, and `agents.entries`, an object of id -> {workspace}: both
+    are read), the state directory's `skills`, then `skills.load.extraDirs`. `~` is
+    OpenClaw's home ($OPENCLAW_HOME, else $HOME)."""
     state = config_path.parent
     workspace = _dig(config, "agents", "defaults", "workspace")
-    ws = _path(workspace, state) if isinstance(workspace, str) else state / "workspace"
-    roots = [ws / "skills", ws / ".agents" / "skills", state / "skills"]
+    ws = _path(workspace, state, environ) if isinstance(workspace, str) else state / "workspace"
+    roots = [ws / "skills", ws / ".agents" / "skills"]
+    for agent_ws in _agent_workspaces(config):
+        agent = _path(agent_ws, state, environ)
+        roots += [agent / "skills", agent / ".agents" / "skills"]
+    roots.append(state / "skills")
     extra = _dig(config, "skills", "load", "extraDirs")
     if isinstance(extra, list):
-        roots.extend(_path(d, state) for d in extra if isinstance(d, str) and d)
-    return roots
+        roots.extend(_path(d, state, environ) for d in extra if isinstance(d, str) and d)
+    return list(dict.fromkeys(roots))  # each folder once, first place kept
 
 
-def _path(text: str, base: Path) -> Path:
-    p = Path(text).expanduser()
+def _agent_workspaces(config: Mapping[str, Any]) -> list[str]:
+    agents: list[Any] = []
+    listed = _dig(config, "agents", "list")
+    if isinstance(listed, list):
+        agents += listed
+    entries = _dig(config, "agents", "entries")
+    if isinstance(entries, Mapping):
+        agents += [entries[k] for k in sorted(entries, key=str)]
+    return [a["workspace"] for a in agents
+            if isinstance(a, Mapping) and isinstance(a.get("workspace"), str) and a["workspace"]]
+
+
+def _path(text: str, base: Path, environ: Mapping[str, str] | None = None) -> Path:
+    p = expand_home(text, environ)
     return p if p.is_absolute() else base / p
 
 
@@ -152,9 +201,10 @@ def _replace_all(node: Any, replacements: Mapping[str, str]) -> Any:
     return node
 
 
-def save_backup(path: Path, original: bytes, mode: int,
-                owner: tuple[int, int] | None = None) -> Path | None:
-    """Keep `original` (the config before the first rewrite) next to it, with its mode.
+def save_backup(path: Path, original: bytes, owner: tuple[int, int] | None = None
+                ) -> Path | None:
+    """Keep `original` (the config before the first rewrite) next to it, mode 0600 whatever
+    the config's mode: it holds every key in clear text, so only its owner may read it.
 
     The first backup is PATH.egress-backup and is never overwritten: it holds the keys as
     they were. A later import that has new keys to move keeps that version as
@@ -181,7 +231,7 @@ def save_backup(path: Path, original: bytes, mode: int,
                 fh.flush()
                 os.fsync(fh.fileno())
             _chown(backup, owner)
-            os.chmod(backup, stat.S_IMODE(mode))
+            os.chmod(backup, 0o600)  # (umask aside, O_CREAT's 0600 already; say it anyway)
         except OSError as exc:
             backup.unlink(missing_ok=True)
             raise ConfigError(f"{backup}: cannot write the backup ({exc.strerror})") from None

@@ -8,8 +8,11 @@ key (digits stay digits in `xoxb-1234-...`). Nothing else of the key survives, s
 placeholder says nothing about the key's value.
 
 Known prefixes also suggest the API host the key is for and how the API expects it (header
-and format). These are guesses from public documentation, written as such in the policies
-`egress openclaw import` generates: an operator confirms them before enforcing.
+and format). Keys without a telling prefix are known by the variable that holds them when
+their API takes them in the URL (`?appid=`, `?key=`): `env_kind`. These are guesses from
+public documentation, written as such in the policies `egress openclaw import` generates:
+an operator confirms them before enforcing. A key of no known kind has no known shape, and
+the import leaves it where it is (moving it could break the skill).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 __all__ = [
     "KeyKind",
     "MIN_KEY_LENGTH",
+    "env_kind",
     "is_key_like_env",
     "key_kind",
     "make_placeholder",
@@ -44,6 +48,7 @@ class KeyKind:
     host: str | None  # the API host such keys are for (a guess), None when unknown
     header: str = "Authorization"
     format: str = "Bearer {secret}"
+    query: str | None = None  # the API takes the key in this query parameter instead
 
 
 # Longest prefix first, so `sk-ant-` wins over `sk-`.
@@ -79,6 +84,29 @@ _KNOWN: tuple[KeyKind, ...] = tuple(sorted((
     KeyKind("ntn_", "Notion", "api.notion.com"),
     KeyKind("lin_api_", "Linear", "api.linear.app", "Authorization", "{secret}"),
 ), key=lambda k: -len(k.prefix)))
+
+# Keys with no telling prefix whose APIs take them in the URL, by the variable that holds
+# them (skills name them so in SKILL.md's primaryEnv). From each API's public reference.
+_BY_ENV: dict[str, KeyKind] = {
+    name: kind
+    for kind, names in (
+        (KeyKind("", "OpenWeather", "api.openweathermap.org", query="appid"),
+         ("OPENWEATHER_API_KEY", "OPENWEATHERMAP_API_KEY", "OWM_API_KEY")),
+        (KeyKind("", "Google Maps Platform", "maps.googleapis.com", query="key"),
+         ("GOOGLE_MAPS_API_KEY", "GOOGLE_PLACES_API_KEY", "GMAPS_API_KEY")),
+        (KeyKind("", "Trello (API key)", "api.trello.com", query="key"), ("TRELLO_API_KEY",)),
+        (KeyKind("", "Trello (token)", "api.trello.com", query="token"), ("TRELLO_TOKEN",)),
+        (KeyKind("", "WeatherAPI.com", "api.weatherapi.com", query="key"),
+         ("WEATHERAPI_KEY", "WEATHERAPI_API_KEY")),
+    )
+    for name in names
+}
+
+
+def env_kind(name: str) -> KeyKind | None:
+    """The known kind of a key without a telling prefix, from the variable that holds it."""
+    return _BY_ENV.get(name.upper())
+
 
 # An unknown key may still start with a type tag ("tvly-", "acme_live_"): letters only, so
 # that no random part of the key is ever kept.

@@ -6,6 +6,11 @@ is, and returns what should change; `importer.py` carries it out. Keys are found
 `skills.entries.<key>.env` when the variable's name or the value's prefix says it is a
 credential. A value that already is a placeholder of the policy directory was imported
 before and stays as it is, which is what makes a second import change nothing.
+
+A key moves only when egress knows the shape its API takes it in (a header, a query
+parameter): from the key's prefix, or for prefix-less keys of URL-key APIs from the
+variable's name (keys.py). Any other key stays in openclaw.json, with a note saying why:
+moving it would leave the skill with a placeholder egress might put in the wrong place.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from egress.openclaw.keys import is_key_like_env, key_kind, make_placeholder, shape_matches
+from egress.openclaw.keys import (
+    KeyKind,
+    env_kind,
+    is_key_like_env,
+    key_kind,
+    make_placeholder,
+    shape_matches,
+)
 from egress.openclaw.render import RenderedCredential, is_untouched, render_policy
 from egress.openclaw.skills import SkillInfo
 from egress.policy.hosts import parse_ip_literal
@@ -152,15 +164,22 @@ def _plan_entry(
             creds[held] = replace(creds[held], origin=origin)
             taken.add(held)
         elif not any(c.placeholder == value for c in creds.values()):
-            result.note = f"{origin} holds the placeholder of another skill's key"
+            _note(result, f"{origin} holds the placeholder of another skill's key")
     for name, origin, value in found:
         if value in state.known:
             continue
+        if _kind(value, name) is None:
+            _note(result, f"{origin} stays in openclaw.json: egress cannot tell how its API "
+                          "takes this key (a header, a query parameter, HTTP Basic, ...), and "
+                          "moving it could break the skill; broker it by hand (README: "
+                          "Brokered credentials), then put the credential's placeholder in "
+                          "its place")
+            continue
         other = state.owner.get(value)
         if other is not None and other != skill:
-            result.note = (f"{origin} holds the same key as skill {other!r}; it gets "
-                           f"{other!r}'s placeholder, which only {other!r}'s identity can "
-                           "use: give each skill its own key")
+            _note(result, f"{origin} holds the same key as skill {other!r}; it gets "
+                          f"{other!r}'s placeholder, which only {other!r}'s identity can "
+                          "use: give each skill its own key")
             continue
         state.owner[value] = skill
         if value in pending_repl:
@@ -177,6 +196,16 @@ def _plan_entry(
         result.moved = len(pending)
     result.credentials = sorted(creds.values(), key=lambda c: c.name)
     return result, pending, pending_repl
+
+
+def _note(result: SkillKeys, note: str) -> None:
+    result.note = note if result.note is None else f"{result.note}; {note}"
+
+
+def _kind(value: str, name: str) -> KeyKind | None:
+    """What the key is: from the name of the variable holding it when that names a URL-key
+    API (GOOGLE_MAPS_API_KEY holds an `AIza` key Maps takes as `?key=`), else its prefix."""
+    return env_kind(name) or key_kind(value)
 
 
 def _plan_gateway(plan: ImportPlan, gateway: str, existing: PolicySet | None, policy_dir: Path,
@@ -281,7 +310,8 @@ def _rendered(cred: Credential, name: str) -> RenderedCredential:
     assert cred.placeholder is not None
     # The origin is replaced by the config location still holding the placeholder, if any.
     return RenderedCredential(name, str(cred.secret), cred.header, cred.format, cred.placeholder,
-                              key_kind(cred.placeholder), "an earlier import")
+                              _kind(cred.placeholder, name.rsplit(".", 1)[-1]),
+                              "an earlier import", cred.query)
 
 
 def _credential(name: str, prefix: str, origin: str, value: str,
@@ -291,11 +321,12 @@ def _credential(name: str, prefix: str, origin: str, value: str,
     placeholder = old.placeholder if old and shape_matches(old.placeholder, value) else None
     if placeholder is None:
         placeholder = _fresh(value, state.used, state.choice)
-    kind = key_kind(placeholder)
+    kind = _kind(value, name)
     header = old.header if old else (kind.header if kind else "Authorization")
     fmt = old.format if old else (kind.format if kind else "Bearer {secret}")
+    query = old.query if old else (kind.query if kind else None)
     ref = old.secret if old else state.ref_for(skill, name)
-    return RenderedCredential(prefix + name, ref, header, fmt, placeholder, kind, origin)
+    return RenderedCredential(prefix + name, ref, header, fmt, placeholder, kind, origin, query)
 
 
 def _fresh(value: str, used: set[str], choice: Callable[[str], str]) -> str:

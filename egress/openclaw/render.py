@@ -33,8 +33,9 @@ class RenderedCredential:
     header: str
     format: str
     placeholder: str
-    kind: KeyKind | None  # from the placeholder's prefix
+    kind: KeyKind | None  # from the placeholder's prefix, or the variable's name
     origin: str  # where the key was in openclaw.json, e.g. skills.entries.weather.apiKey
+    query: str | None = None  # the query parameter that carries the key (not a header)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,11 @@ def render_policy(
             out.append("      # of the host that takes this key (and check header and format).")
         out.append(f"      {json.dumps(c.name)}:")
         out.append(f"        secret: {json.dumps(c.secret)}")
-        out.append(f"        header: {c.header}")
-        out.append(f"        format: {json.dumps(c.format)}")
+        if c.query is not None:
+            out.append(f"        query: {json.dumps(c.query)}   # the API takes the key in the URL")
+        else:
+            out.append(f"        header: {c.header}")
+            out.append(f"        format: {json.dumps(c.format)}")
         out.append(f"        placeholder: {json.dumps(c.placeholder)}")
     return seal("\n".join(out) + "\n")
 
@@ -135,8 +139,9 @@ def _guesses(credentials: list[RenderedCredential], homepages: list[tuple[str, s
         if c.kind.host in hosts:
             continue  # one credential per host: a second would never be chosen
         hosts.add(c.kind.host)
-        guesses.append(Guess(c.kind.host, f"from the key prefix {c.kind.prefix} "
-                                          f"({c.kind.service})", c.name))
+        why = (f"from the key prefix {c.kind.prefix} ({c.kind.service})" if c.kind.prefix
+               else f"from the variable's name ({c.kind.service})")
+        guesses.append(Guess(c.kind.host, why, c.name))
     for host, _source in sorted(homepages):
         if host not in hosts:
             hosts.add(host)

@@ -1,8 +1,10 @@
 """The admin endpoint: health, readiness, Prometheus metrics and reload, over aiohttp.
 
     GET  /healthz   200 while the process serves: policy digest, last reload, audit errors
-    GET  /readyz    200 when a policy is loaded, the token store is readable and the secret
-                    manager (if one is configured) answers; 503 otherwise, and while draining
+    GET  /readyz    200 when a policy is loaded, the token store is readable, the secret
+                    managers (if configured) answer and every credential an enforce-mode rule
+                    needs can be produced (each credential's status, by name); 503 otherwise,
+                    and while draining
     GET  /metrics   Prometheus text format (see egress/ops/metrics.py)
     POST /reload    reload the policy now: 200 with the new digest, 422 with the errors
 
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from egress.errors import ConfigError
+from egress.ops.credential_health import CredentialHealth, check_credentials
 from egress.ops.metrics import Metrics, Snapshot
 from egress.ops.reload import Reloader
 from egress.ops.runtime import Runtime
@@ -122,6 +125,12 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
         audit_rotations=getattr(rt.audit, "rotations", 0), token_store_ok=rt.tokens.error is None,
         audit_folded=getattr(getattr(rt, "folder", None), "folded", 0),
         audit_summaries=getattr(getattr(rt, "folder", None), "summaries", 0),
+        secret_ages={(st.skill, st.credential, st.field): st.age
+                     for st in getattr(rt, "secret_status", ()) if st.age is not None},
+        secrets_too_old={(st.skill, st.credential, st.field): st.too_old
+                         for st in getattr(rt, "secret_status", ()) if st.age is not None},
+        oauth_grants=grants() if callable(grants := getattr(target, "oauth_grants", None))
+        else {},
     )
 
 
@@ -142,6 +151,7 @@ class AdminServer:
         self._draining = draining
         self._runner: web.AppRunner | None = None
         self._ping = _Ping()
+        self._health: tuple[float, object, list[CredentialHealth]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -210,8 +220,11 @@ class AdminServer:
             if rt.tokens.error:
                 checks["tokens"]["error"] = rt.tokens.error
             secrets = rt.policy.settings.secrets
-            if secrets is not None and getattr(secrets, "vault", None) is not None:
+            if secrets is not None and any(getattr(secrets, k, None) is not None
+                                           for k in ("vault", "onepassword", "doppler")):
                 checks["secrets"] = {"ok": await self._secret_backend_ok(rt)}
+            if any(s.credentials for s in rt.policy.skills.values()):
+                checks["credentials"] = await self._credentials(rt)
         if self.reloader.failing and self.reloader.last is not None:
             # Still ready: the running policy is valid. Shown so a bad edit is not missed.
             checks["policy"]["reload_errors"] = list(self.reloader.last.errors)
@@ -233,6 +246,26 @@ class AdminServer:
         if not result.ok:
             body["errors"] = list(result.errors)
         return _json(body, 200 if result.ok else 422)
+
+    async def _credentials(self, rt: Runtime) -> dict[str, Any]:
+        """Each credential's status (names only); not ok while one an enforce-mode rule
+        needs cannot be produced. Fetches go through the secret cache (values stay cached
+        for their TTL), at most every _PING_CACHE seconds."""
+        now = time.monotonic()
+        cached = self._health
+        if cached is None or now - cached[0] >= _PING_CACHE or cached[1] is not rt.policy:
+            try:
+                found = await check_credentials(rt.policy, rt.secrets, timeout=_PING_TIMEOUT)
+            except Exception:  # never a crash: report not ready
+                log.exception("readyz: checking credentials failed")
+                found = []
+            self._health = cached = (now, rt.policy, found)
+        health = cached[2]
+        return {
+            "ok": bool(health) and all(c.ok for c in health if c.needed),
+            "credentials": {c.name: {"ok": c.ok, "status": c.status, "needed": c.needed,
+                                     "backends": list(c.backends)} for c in health},
+        }
 
     async def _secret_backend_ok(self, rt: Runtime) -> bool:
         now = time.monotonic()

@@ -105,6 +105,11 @@ class Snapshot:
     # open connections have not authenticated yet.
     connection_limits: Mapping[str, float] = field(default_factory=dict)
     unauthenticated_connections: int | None = None
+    # (skill, credential, field) -> age in seconds of the secret's current value, and
+    # whether it is older than settings.secrets.max_age (from the last status check).
+    secret_ages: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+    secrets_too_old: Mapping[tuple[str, str, str], bool] = field(default_factory=dict)
+    oauth_grants: Mapping[str, int] = field(default_factory=dict)  # tokens minted by grant
 
 
 class Metrics:
@@ -236,6 +241,24 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
         yield one("egress_unauthenticated_connections", "gauge",
                   "Open client connections that have not authenticated yet (all addresses).",
                   snap.unauthenticated_connections)
+    if snap.secret_ages:
+        ages = _Family("egress_secret_age_seconds", "gauge",
+                       "Seconds since each brokered secret last changed, as its secret manager "
+                       "says (checked every few minutes; no series where it has no time).",
+                       ("skill", "credential", "field"), 10_000)
+        ages.values = {tuple(k): v for k, v in snap.secret_ages.items()}
+        yield ages
+    if snap.secrets_too_old:
+        old = _Family("egress_secret_too_old", "gauge",
+                      "1 for a brokered secret older than settings.secrets.max_age.",
+                      ("skill", "credential", "field"), 10_000)
+        old.values = {k: int(v) for k, v in snap.secrets_too_old.items()}
+        yield old
+    if snap.oauth_grants:
+        grants = _Family("egress_oauth_tokens_minted_total", "counter",
+                         "OAuth 2.0 access tokens egress minted, by grant type.", ("grant",), 4)
+        grants.values = {(g,): n for g, n in snap.oauth_grants.items()}
+        yield grants
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))

@@ -3,6 +3,13 @@
 One place builds it (`Runtime.create`), shared by the mitmproxy addon (`mitmdump -s`) and
 `egress serve`, so both paths enforce the same thing. Reloading swaps the policy (and what is
 derived from it) only after the new one validated: a bad file never replaces a good policy.
+
+A reload applies every setting or is refused with the reason: DNS (a new resolver), networks,
+secret managers and cache (a new secret cache), `upstream_ca` (checked loadable here, handed
+to the proxy's settings hooks, which mitmproxy's upstream TLS and the OAuth token client read),
+audit rotation and budget, connection limits, WebSocket cap and mode (read per decision).
+References that cannot be read as the environment stands are logged at start and on every
+reload (egress/secrets/preflight.py).
 """
 
 from __future__ import annotations
@@ -11,23 +18,40 @@ import asyncio
 import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from egress.audit.fold import Budget, DenialFolder
 from egress.audit.records import AuditRecord
 from egress.audit.writer import AUDIT_FILE, AuditWriter, Rotation
-from egress.errors import PolicyErrors
+from egress.errors import PolicyError, PolicyErrors, SecretUnavailable
 from egress.identity import TokenStore
-from egress.netguard import AddressGuard, DnsResolver, local_interface_addresses
+from egress.netguard import AddressGuard, Blocked, DnsResolver, local_interface_addresses
+from egress.ops.datadir import staged_copy
 from egress.policy.addresses import NetworkPolicy
 from egress.policy.load import load_policy_dir
 from egress.policy.model import PolicySet
 from egress.policy.secret_settings import SecretSettings
 from egress.secrets import SecretCache, build_secret_cache
+from egress.secrets.preflight import reference_problems
 
-__all__ = ["ReloadStatus", "Runtime", "flush_audit_periodically"]
+if TYPE_CHECKING:
+    from egress.credentials.token_client import GuardedTokenEndpoint
+    from egress.ops.credential_health import SecretStatus
+
+__all__ = ["ReloadStatus", "Runtime", "SettingsHook", "flush_audit_periodically",
+           "settings_problems"]
+
+
+class SettingsHook(Protocol):
+    """Part of the proxy that reads settings (mitmproxy's upstream TLS options). `prepare`
+    checks a new policy's settings and returns the action that applies them, or raises
+    ValueError saying why they cannot be applied (the reload is then refused)."""
+
+    def __call__(self, new: PolicySet) -> Callable[[], None]: ...
 
 log = logging.getLogger("egress")
 
@@ -51,6 +75,9 @@ class Runtime:
     secrets: SecretCache  # the secret cache credentials are fetched through
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
     folder: DenialFolder = field(default_factory=DenialFolder)  # the audit budget
+    oauth: GuardedTokenEndpoint | None = None  # egress's client for OAuth token endpoints
+    settings_hooks: list[SettingsHook] = field(default_factory=list)
+    secret_status: list[SecretStatus] = field(default_factory=list)  # for /metrics
 
     @classmethod
     def create(
@@ -71,13 +98,39 @@ class Runtime:
         resolver = DnsResolver(dns.nameservers, timeout=dns.timeout, min_ttl=dns.min_ttl,
                                max_ttl=dns.max_ttl)
         guard = AddressGuard(resolver, _networks(policy, self_addresses))
-        return cls(
+        problems = settings_problems(policy)
+        if problems:
+            raise PolicyErrors(problems)
+        runtime = cls(
             policy_dir=Path(policy_dir), data_dir=data, policy=policy,
             tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy)),
             guard=guard, self_addresses=self_addresses,
             secrets=build_secret_cache(policy.settings.secrets or SecretSettings()),
             folder=DenialFolder(_budget(policy)),
         )
+        runtime.oauth = runtime._token_client(policy)
+        log_reference_problems(policy)
+        return runtime
+
+    def _token_client(self, policy: PolicySet) -> GuardedTokenEndpoint | None:
+        if not any(c.oauth2 is not None for s in policy.skills.values()
+                   for c in s.credentials.values()):
+            return None
+        from egress.credentials.token_client import GuardedTokenEndpoint  # aiohttp
+
+        try:
+            ca = staged_copy(self.data_dir, policy.settings.upstream_ca)
+        except ValueError:
+            ca = policy.settings.upstream_ca  # (settings_problems refuses such a policy)
+        return GuardedTokenEndpoint(self._vet_token_endpoint, upstream_ca=ca)
+
+    async def _vet_token_endpoint(self, host: str, port: int) -> str:
+        """The address guard, for egress's own calls to OAuth token endpoints."""
+        vetted = await self.guard.vet(host, port)
+        if isinstance(vetted, Blocked):
+            raise SecretUnavailable(f"oauth2 token endpoint {host}:{port} refused by the "
+                                    f"network guard ({vetted.reason}: {vetted.detail})")
+        return str(vetted.ip)
 
     async def reload_policy_async(self) -> bool:
         """Load the policy directory again; keep the running policy if the new one is bad.
@@ -97,7 +150,21 @@ class Runtime:
         return False
 
     def apply_policy(self, new: PolicySet) -> bool:
-        """Swap in a validated policy and what derives from it (guard networks, secret cache)."""
+        """Swap in a validated policy and what derives from it (guard networks, secret cache,
+        the proxy's settings hooks); refuse it, keeping the running one, when a setting cannot
+        be applied."""
+        problems = settings_problems(new)
+        commits: list[Callable[[], None]] = []
+        for hook in self.settings_hooks:
+            try:
+                commits.append(hook(new))
+            except ValueError as exc:
+                source = new.settings.source
+                problems.append(PolicyError(source.file if source else str(self.policy_dir),
+                                            source.line if source else 0, "settings",
+                                            f"cannot be applied: {exc}"))
+        if problems:
+            return self._rejected(PolicyErrors(problems))
         if new.settings.dns != self.policy.settings.dns:
             dns = new.settings.dns
             self.guard = AddressGuard(
@@ -113,6 +180,12 @@ class Runtime:
             old_cache, self.secrets = self.secrets, build_secret_cache(
                 new.settings.secrets or SecretSettings())
             _close_later(old_cache)
+        # A new token client on every reload (it reads upstream_ca once; no I/O until used).
+        old_client, self.oauth = self.oauth, self._token_client(new)
+        if old_client is not None:
+            _close_later(old_client)
+        for commit in commits:
+            commit()
         self.audit.rotation = _rotation(new)
         self.folder.budget = _budget(new)
         old, self.policy = self.policy.digest, new
@@ -121,6 +194,7 @@ class Runtime:
         if old != new.digest:
             log.info("policy reloaded: %s -> %s (%d skills, %d rules)", old, new.digest,
                      len(new.skills), new.rule_count)
+            log_reference_problems(new)
         return True
 
     def add_self_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> None:
@@ -140,12 +214,45 @@ class Runtime:
             self.audit.write(line)
 
 
-def _close_later(cache: SecretCache) -> None:
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+def _close_later(thing: _Closable) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    loop.create_task(cache.close())
+    loop.create_task(thing.close())
+
+
+def settings_problems(policy: PolicySet) -> list[PolicyError]:
+    """Settings that load but cannot be used: CA files that are not PEM certificates."""
+    s = policy.settings
+    files: list[tuple[str, str | None]] = [("settings.upstream_ca", s.upstream_ca)]
+    if s.secrets is not None:
+        for key in ("vault", "onepassword", "doppler"):
+            backend = getattr(s.secrets, key)
+            files.append((f"settings.secrets.{key}.ca_file",
+                          backend.ca_file if backend is not None else None))
+    out: list[PolicyError] = []
+    for where, path in files:
+        if path is None:
+            continue
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            out.append(PolicyError(s.source.file if s.source else "", s.source.line
+                                   if s.source else 0, where,
+                                   f"{path}: not a readable PEM file of CA certificates "
+                                   f"({type(exc).__name__})"))
+    return out
+
+
+def log_reference_problems(policy: PolicySet) -> None:
+    """Each reference that cannot be read as the environment stands: one log line."""
+    for problem in reference_problems(policy):
+        log.error("secret reference: %s", problem)
 
 
 def _rotation(policy: PolicySet) -> Rotation:

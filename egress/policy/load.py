@@ -23,14 +23,24 @@ from egress.policy.model import (
     Limits,
     Mode,
     PolicySet,
+    RefUse,
     Rule,
     Settings,
     SkillPolicy,
     Source,
 )
-from egress.policy.secret_refs import parse_secret_ref
+from egress.policy.secret_refs import REMOTE_SCHEMES, SETTINGS_KEY, parse_secret_ref
+from egress.policy.secret_settings import SettingsFieldError
 from egress.policy.settings_reader import SettingsReader, parse_mode
-from egress.policy.yamlnodes import COMPOSER
+from egress.policy.shapes import (
+    SHAPE_KEYS,
+    OAuth2,
+    parse_aws_sigv4,
+    parse_basic,
+    parse_oauth2,
+    parse_query_param,
+)
+from egress.policy.yamlnodes import COMPOSER, construct, find
 
 __all__ = ["load_policy_dir", "load_policy_texts"]
 
@@ -40,7 +50,11 @@ _TOP_KEYS = ("settings", "skills")
 _SKILL_KEYS = ("mode", "description", "allow", "credentials", "limits")
 _RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits", "raw_tcp")
 _LIMIT_KEYS = ("requests_per_minute", "concurrent_connections")
-_CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder")
+_CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder", *SHAPE_KEYS)
+_SHAPE_PARSERS = {"query": parse_query_param, "basic": parse_basic,
+                  "aws_sigv4": parse_aws_sigv4, "oauth2": parse_oauth2}
+_SHAPE_REFS = {"aws_sigv4": ("access_key_id", "session_token"),
+               "oauth2": ("client_id", "client_secret", "refresh_token")}
 
 
 def load_policy_dir(directory: str | os.PathLike[str]) -> PolicySet:
@@ -261,11 +275,40 @@ class _Builder(SettingsReader):
         if fields is None:
             return None
         before = len(self.errors)
-        if "secret" not in fields:
-            self.error(file, node, f"{field}.secret",
-                       "missing; write vault:MOUNT/PATH#FIELD, env:NAME or file:/ABSOLUTE/PATH")
+        shapes = [k for k in SHAPE_KEYS if k in fields]
+        if len(shapes) > 1:
+            self.error(file, fields[shapes[1]][0], f"{field}.{shapes[1]}",
+                       f"a credential has one shape; choose one of {', '.join(shapes)}")
             return None
-        secret = self.parsed(file, fields["secret"][1], f"{field}.secret", parse_secret_ref)
+        shape = shapes[0] if shapes else "header"
+        for key in ("header", "format"):
+            if key in fields and shape != "header":
+                self.error(file, fields[key][0], f"{field}.{key}",
+                           f"belongs to the header shape, not to {shape}; remove it")
+        parsed = self.shape(file, field, shape, fields[shape]) if shape != "header" else None
+        refs: list[RefUse] = []
+        secret = None
+        if shape == "oauth2":
+            if "secret" in fields:
+                self.error(file, fields["secret"][0], f"{field}.secret",
+                           "oauth2 credentials name oauth2.client_secret instead; remove secret")
+        elif "secret" not in fields:
+            self.error(file, node, f"{field}.secret",
+                       "missing; write vault:MOUNT/PATH#FIELD, op://VAULT/ITEM/FIELD, "
+                       "doppler:PROJECT/CONFIG#NAME, env:NAME or file:/ABSOLUTE/PATH")
+            return None
+        else:
+            secret = self.parsed(file, fields["secret"][1], f"{field}.secret", parse_secret_ref)
+            if secret is not None:
+                refs.append(RefUse("secret", secret, _line(file, fields["secret"][1])))
+        if parsed is not None:
+            value_node = fields[shape][1]
+            for key in _SHAPE_REFS.get(shape, ()):
+                ref = getattr(parsed, key)
+                if ref is not None:
+                    refs.append(RefUse(f"{shape}.{key}", ref, _line(file, find(value_node, key))))
+            if isinstance(parsed, OAuth2):
+                secret = parsed.client_secret
         header = "Authorization"
         if "header" in fields:
             header = self.parsed(file, fields["header"][1], f"{field}.header", _parse_header) or header
@@ -284,11 +327,56 @@ class _Builder(SettingsReader):
                 self.placeholders[placeholder] = Source(file, fields["placeholder"][1].start_mark.line + 1)
         if secret is None or len(self.errors) != before:
             return None
-        return Credential(name=name, secret=secret, header=header, format=fmt,
-                          placeholder=placeholder, source=Source(file, key_node.start_mark.line + 1))
+        return Credential(
+            name=name, secret=secret, header=header, format=fmt, placeholder=placeholder,
+            source=Source(file, key_node.start_mark.line + 1),
+            query=parsed if shape == "query" else None,  # type: ignore[arg-type]
+            basic=parsed if shape == "basic" else None,  # type: ignore[arg-type]
+            aws=parsed if shape == "aws_sigv4" else None,  # type: ignore[arg-type]
+            oauth2=parsed if shape == "oauth2" else None,  # type: ignore[arg-type]
+            refs=tuple(refs))
+
+    def shape(self, file: str, field: str, shape: str,
+              nodes: tuple[yaml.Node, yaml.Node]) -> object | None:
+        """The parsed `query:`, `basic:`, `aws_sigv4:` or `oauth2:` value of a credential."""
+        node = nodes[1]
+        try:
+            raw = construct(node)
+        except (yaml.YAMLError, ValueError, TypeError):
+            self.error(file, node, f"{field}.{shape}", "holds a value YAML cannot read; "
+                                                       "remove any !tag")
+            return None
+        try:
+            return _SHAPE_PARSERS[shape](raw)
+        except SettingsFieldError as exc:
+            where = f"{field}.{shape}.{exc.field}" if exc.field else f"{field}.{shape}"
+            self.error(file, find(node, exc.field) if exc.field else node, where, exc.message)
+            return None
+
+    def unconfigured_backends(self) -> None:
+        """A reference to vault:, op:// or doppler: needs that backend's settings: without
+        them it could never be read (and would fail only when a request needs it)."""
+        secrets = self.settings.secrets if self.settings is not None else None
+        for skill in self.skills.values():
+            for cred in skill.credentials.values():
+                for use in cred.all_refs():
+                    scheme = use.ref.scheme
+                    if scheme not in REMOTE_SCHEMES:
+                        continue
+                    key = SETTINGS_KEY[scheme]
+                    if secrets is None or not secrets.configured(key):
+                        where = f"{self.settings.source.file}" if (
+                            self.settings is not None and self.settings.source) else \
+                            "the settings file"
+                        self.errors.append(PolicyError(
+                            use.source.file, use.source.line,
+                            f"skills.{skill.name}.credentials.{cred.name}.{use.field}",
+                            f"{scheme}: references need settings.secrets.{key}, which is not "
+                            f"configured; add it to the settings ({where})"))
 
     # -- result --------------------------------------------------------------------------
     def finish(self, files: list[tuple[str, str]]) -> PolicySet:
+        self.unconfigured_backends()
         if self.errors:
             raise PolicyErrors(self.errors)
         settings = self.settings or Settings()
@@ -306,6 +394,10 @@ class _Builder(SettingsReader):
             digest.update(Path(name).name.encode() + b"\0" + text.encode() + b"\0")
         return PolicySet(skills=skills, settings=settings, digest=digest.hexdigest()[:16],
                          files=tuple(name for name, _ in files))
+
+
+def _line(file: str, node: yaml.Node) -> Source:
+    return Source(file, node.start_mark.line + 1)
 
 
 def _parse_method(text: str) -> str:

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from egress.policy.secret_refs import SecretRef
 from egress.policy.secret_settings import SecretSettings
+from egress.policy.shapes import AwsSigV4, BasicAuth, OAuth2, Shape
 
 __all__ = [
     "AuditSettings",
@@ -25,6 +26,7 @@ __all__ = [
     "Limits",
     "Mode",
     "NetworkSettings",
+    "RefUse",
     "PolicySet",
     "Rule",
     "SKILL_NAME",
@@ -90,13 +92,50 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RefUse:
+    """One secret reference a credential reads, and where the policy names it."""
+
+    field: str  # "secret", "aws_sigv4.access_key_id", "oauth2.client_secret", ...
+    ref: SecretRef
+    source: Source
+
+
+@dataclass(frozen=True)
 class Credential:
+    """A brokered credential. Its shape (egress/policy/shapes.py) says how it travels: in a
+    header (default; `header` and `format`), a query parameter, HTTP Basic, an AWS SigV4
+    signature, or a minted OAuth 2.0 token. At most one of query/basic/aws/oauth2 is set."""
+
     name: str
-    secret: SecretRef  # where the value lives ("vault:secret/skills/x#api_key"), never a value
+    # Where the key lives ("vault:secret/skills/x#api_key"), never a value. aws_sigv4: the
+    # secret access key; oauth2: the client secret.
+    secret: SecretRef
     header: str
     format: str  # contains "{secret}" exactly once
     placeholder: str | None
     source: Source
+    query: str | None = None  # the query parameter that carries the key
+    basic: BasicAuth | None = None
+    aws: AwsSigV4 | None = None
+    oauth2: OAuth2 | None = None
+    # Every reference it reads (secret first), with its line: derived, not compared.
+    refs: tuple[RefUse, ...] = field(default=(), compare=False)
+
+    @property
+    def shape(self) -> Shape:
+        if self.query is not None:
+            return "query"
+        if self.basic is not None:
+            return "basic"
+        if self.aws is not None:
+            return "aws_sigv4"
+        if self.oauth2 is not None:
+            return "oauth2"
+        return "header"
+
+    def all_refs(self) -> tuple[RefUse, ...]:
+        """`refs`, or (a Credential built by hand) the secret alone."""
+        return self.refs or (RefUse("secret", self.secret, self.source),)
 
 
 class HostIndex:

@@ -11,6 +11,14 @@
             token_env: VAULT_TOKEN             #   token in this environment variable
             # token_file: /run/secrets/vault-token
             # approle: {role_id: ..., secret_id_file: /run/secrets/secret-id, mount: approle}
+        onepassword:                           # 1Password Connect server (op://...)
+          connect_url: http://op-connect:8080  # required (Connect is self-hosted)
+          token_env: OP_CONNECT_TOKEN          # or token_file: PATH
+          timeout: 5                           # ca_file: PEM for an https connect_url
+        doppler:                               # Doppler (doppler:PROJECT/CONFIG#NAME)
+          token_env: DOPPLER_TOKEN             # or token_file: PATH
+          api_url: https://api.doppler.com     # default
+        max_age: 90d    # `egress secrets status` flags secrets last changed longer ago
         cache:
           ttl: 300      # seconds a fetched secret is used before it is fetched again
           jitter: 0.1   # +/- fraction of ttl, so secrets do not all expire together
@@ -31,13 +39,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from egress.policy.units import parse_duration
+
 __all__ = [
     "CacheSettings",
+    "DopplerSettings",
+    "OnePasswordSettings",
     "SecretSettings",
     "SettingsFieldError",
     "VaultSettings",
     "parse_secret_settings",
 ]
+
+DOPPLER_API = "https://api.doppler.com"  # Doppler's public API (the default api_url)
 
 
 @dataclass(frozen=True)
@@ -65,9 +79,38 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class OnePasswordSettings:
+    """A 1Password Connect server and the token to ask it with (exactly one of env/file)."""
+
+    connect_url: str
+    token_env: str | None = None
+    token_file: str | None = None
+    timeout: float = 5.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class DopplerSettings:
+    """Doppler's API and the service (or personal) token (exactly one of env/file)."""
+
+    api_url: str = DOPPLER_API
+    token_env: str | None = None
+    token_file: str | None = None
+    timeout: float = 5.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class SecretSettings:
     vault: VaultSettings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    onepassword: OnePasswordSettings | None = None
+    doppler: DopplerSettings | None = None
+    max_age: float | None = None  # seconds; `egress secrets status` flags older secrets
+
+    def configured(self, settings_key: str) -> bool:
+        """Whether the backend named by its settings key (vault, onepassword, doppler) is."""
+        return getattr(self, settings_key, None) is not None
 
 
 class SettingsFieldError(ValueError):
@@ -87,11 +130,100 @@ def parse_secret_settings(raw: object) -> SecretSettings:
     """Validate the ``settings.secrets`` mapping (None: not given) and build SecretSettings."""
     if raw is None:
         return SecretSettings()
-    top = _mapping(raw, "", "a mapping with 'vault' and/or 'cache'")
-    _no_unknown_keys(top, "", ("vault", "cache"))
+    top = _mapping(raw, "", "a mapping with vault, onepassword, doppler, cache, max_age")
+    _no_unknown_keys(top, "", ("vault", "cache", "onepassword", "doppler", "max_age"))
     vault = _parse_vault(top["vault"]) if "vault" in top else None
     cache = _parse_cache(top["cache"]) if "cache" in top else CacheSettings()
-    return SecretSettings(vault=vault, cache=cache)
+    op = _parse_onepassword(top["onepassword"]) if "onepassword" in top else None
+    doppler = _parse_doppler(top["doppler"]) if "doppler" in top else None
+    max_age = _parse_max_age(top["max_age"]) if "max_age" in top else None
+    return SecretSettings(vault=vault, cache=cache, onepassword=op, doppler=doppler,
+                          max_age=max_age)
+
+
+def _parse_max_age(raw: object) -> float:
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError("not a duration")
+        seconds = parse_duration(raw)
+    except ValueError:
+        raise SettingsFieldError("max_age", "must be a duration such as 90d or 12w") from None
+    if seconds < 3600:
+        raise SettingsFieldError("max_age", "must be at least 1h, e.g. 90d")
+    return seconds
+
+
+_TOKEN_CHOICE = "choose one of token_env or token_file, e.g. token_env: {example}"
+
+
+def _token_source(m: Mapping[str, object], where: str, example: str) -> tuple[str | None,
+                                                                              str | None]:
+    """(token_env, token_file) of a backend: exactly one, never the token itself."""
+    if "token" in m:
+        raise SettingsFieldError(
+            f"{where}.token",
+            "tokens do not belong in policy files: put it in an environment variable "
+            "(token_env: NAME) or a file (token_file: PATH)",
+        )
+    chosen = sorted(k for k in ("token_env", "token_file") if k in m)
+    if len(chosen) != 1:
+        raise SettingsFieldError(where, _TOKEN_CHOICE.format(example=example))
+    if "token_env" in m:
+        name = m["token_env"]
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise SettingsFieldError(
+                f"{where}.token_env", f"must be the name of an environment variable, e.g. {example}"
+            )
+        return name, None
+    path = m["token_file"]
+    if not isinstance(path, str) or not path:
+        raise SettingsFieldError(f"{where}.token_file", "must be a path to a file holding the token")
+    return None, path
+
+
+def _http_options(m: Mapping[str, object], where: str, url: str) -> tuple[float, str | None]:
+    """timeout and ca_file, shared by the HTTP backends."""
+    timeout = 5.0
+    if "timeout" in m:
+        timeout = _number(m["timeout"], f"{where}.timeout",
+                          "a number of seconds greater than 0, e.g. 5")
+        if timeout <= 0:
+            raise SettingsFieldError(
+                f"{where}.timeout", "must be a number of seconds greater than 0, e.g. 5"
+            )
+    ca_file = _optional_str(m, "ca_file", f"{where}.ca_file", "a path to a PEM file of CA certificates")
+    if ca_file is not None and not url.startswith("https://"):
+        raise SettingsFieldError(
+            f"{where}.ca_file", "only applies to an https:// address; remove it or use https://"
+        )
+    return timeout, ca_file
+
+
+def _parse_onepassword(raw: object) -> OnePasswordSettings:
+    where = "onepassword"
+    m = _mapping(raw, where, "a mapping with connect_url and token_env (or token_file)")
+    _no_unknown_keys(m, where, ("connect_url", "token_env", "token_file", "timeout", "ca_file"))
+    if "connect_url" not in m:
+        raise SettingsFieldError(
+            f"{where}.connect_url",
+            "required: the address of your 1Password Connect server, e.g. http://op-connect:8080",
+        )
+    url = _parse_url(m["connect_url"], f"{where}.connect_url", "e.g. http://op-connect:8080")
+    token_env, token_file = _token_source(m, where, "OP_CONNECT_TOKEN")
+    timeout, ca_file = _http_options(m, where, url)
+    return OnePasswordSettings(url, token_env, token_file, timeout, ca_file)
+
+
+def _parse_doppler(raw: object) -> DopplerSettings:
+    where = "doppler"
+    m = _mapping(raw, where, "a mapping with token_env (or token_file) and optionally api_url")
+    _no_unknown_keys(m, where, ("api_url", "token_env", "token_file", "timeout", "ca_file"))
+    url = DOPPLER_API
+    if "api_url" in m:
+        url = _parse_url(m["api_url"], f"{where}.api_url", f"e.g. {DOPPLER_API}")
+    token_env, token_file = _token_source(m, where, "DOPPLER_TOKEN")
+    timeout, ca_file = _http_options(m, where, url)
+    return DopplerSettings(url, token_env, token_file, timeout, ca_file)
 
 
 def _parse_vault(raw: object) -> VaultSettings:
@@ -129,24 +261,27 @@ _AUTH_CHOICE = "choose one of token_env, token_file or approle, e.g. {token_env:
 
 
 def _parse_addr(raw: object) -> str:
-    example = "e.g. http://127.0.0.1:8200 or https://vault.example.com:8200"
+    return _parse_url(raw, "vault.addr",
+                      "e.g. http://127.0.0.1:8200 or https://vault.example.com:8200",
+                      login="log in with vault.auth")
+
+
+def _parse_url(raw: object, where: str, example: str, login: str = "give a token instead") -> str:
     if not isinstance(raw, str) or not raw:
-        raise SettingsFieldError("vault.addr", f"must be a URL, {example}")
+        raise SettingsFieldError(where, f"must be a URL, {example}")
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 -- raises ValueError on a bad port
     except ValueError:
-        raise SettingsFieldError("vault.addr", f"is not a valid URL, {example}") from None
+        raise SettingsFieldError(where, f"is not a valid URL, {example}") from None
     if parts.scheme not in ("http", "https"):
-        raise SettingsFieldError("vault.addr", f"must start with http:// or https://, {example}")
+        raise SettingsFieldError(where, f"must start with http:// or https://, {example}")
     if not parts.hostname:
-        raise SettingsFieldError("vault.addr", f"needs a host name, {example}")
+        raise SettingsFieldError(where, f"needs a host name, {example}")
     if parts.username is not None or parts.password is not None:
-        raise SettingsFieldError(
-            "vault.addr", "remove the user:password@ part; log in with vault.auth"
-        )
+        raise SettingsFieldError(where, f"remove the user:password@ part; {login}")
     if parts.query or parts.fragment:
-        raise SettingsFieldError("vault.addr", f"remove the '?...' or '#...' part, {example}")
+        raise SettingsFieldError(where, f"remove the '?...' or '#...' part, {example}")
     return raw.rstrip("/")
 
 

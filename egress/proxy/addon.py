@@ -10,6 +10,7 @@ for every refusal the wire itself produces (handshakes, timeouts, messages, bodi
                        tls_clienthello  SNI check again; intercept if a rule looks inside
     request in tunnel  requestheaders   gate (head, upgrade, policy, limits, credential)
     GET http://h/p     requestheaders   gate (auth, head, policy, limits, credential, address)
+    whole body         request          an AWS request signed once its body is known
     response           responseheaders  a 101 only for WebSocket; stream; redact the key
     WebSocket message  websocket_message  size cap, no stray keys; redact upstream echoes
     upstream dial      server_connect   last line: only vetted addresses, never refused tunnels
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import AddonHalt, OptionsError
@@ -29,7 +31,8 @@ from mitmproxy.proxy import layer, server_hooks
 from egress.audit.records import new_request_id
 from egress.credentials.broker import Injected
 from egress.errors import PolicyErrors
-from egress.ops.datadir import default_data_dir
+from egress.ops.credential_health import watch_secret_status
+from egress.ops.datadir import default_data_dir, staged_copy
 from egress.ops.metrics import Metrics
 from egress.ops.ratelimit import RateLimiter
 from egress.ops.runtime import Runtime, flush_audit_periodically
@@ -37,7 +40,7 @@ from egress.policy.decide import Destination
 from egress.policy.hosts import listen_addresses, parse_ip_literal
 from egress.policy.model import ConnectionSettings, PolicySet
 from egress.proxy import connclose, header_limit, websocket
-from egress.proxy.bodies import install_response_guard, request_scanner
+from egress.proxy.bodies import carried_in_body, install_response_guard, request_scanner
 from egress.proxy.ca import ca_dir, ensure_ca
 from egress.proxy.connections import ConnectionTracker
 from egress.proxy.connguard import ConnectionGuard
@@ -71,8 +74,13 @@ class EgressAddon:
         # Credentials injected into a flow, kept to redact echoes in its response.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injected] = (
             weakref.WeakKeyDictionary())
+        # Flows whose body is buffered to be signed (AWS, no x-amz-content-sha256).
+        self._buffered: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Arrival, Admitted]] = (
+            weakref.WeakKeyDictionary())
         self._protocol_audit: ProtocolErrorAudit | None = None
+        self._upstream_ca: str | None = None  # the CA file egress gave mitmproxy
         self._audit_flusher: asyncio.Task[None] | None = None
+        self._status_watcher: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.gate = Gate(lambda: self.runtime, self.limiter, self.metrics)
@@ -133,11 +141,32 @@ class EgressAddon:
             # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
             ensure_ca(self.runtime.data_dir)
             updates["confdir"] = str(ca_dir(self.runtime.data_dir))
-        upstream_ca = self.runtime.policy.settings.upstream_ca
+        try:
+            upstream_ca = staged_copy(self.runtime.data_dir,
+                                      self.runtime.policy.settings.upstream_ca)
+        except ValueError as exc:
+            raise OptionsError(f"settings.upstream_ca: {exc}") from exc
         if upstream_ca and ctx.options.ssl_verify_upstream_trusted_ca != upstream_ca:
             updates["ssl_verify_upstream_trusted_ca"] = upstream_ca
+            self._upstream_ca = upstream_ca
         if updates:
             ctx.options.update(**updates)
+        self.runtime.settings_hooks.append(self._upstream_ca_hook)
+
+    def _upstream_ca_hook(self, new: PolicySet) -> Callable[[], None]:
+        """On reload: mitmproxy verifies upstream TLS with the new `upstream_ca` (a copy named
+        by its content, so an edited file is read again), or refuses the reload."""
+        assert self.runtime is not None
+        staged = staged_copy(self.runtime.data_dir, new.settings.upstream_ca)  # ValueError
+
+        def commit() -> None:
+            if staged is None and self._upstream_ca is None:
+                return  # egress never set the option: leave an operator's --set alone
+            if ctx.options.ssl_verify_upstream_trusted_ca != staged:
+                ctx.options.update(ssl_verify_upstream_trusted_ca=staged)
+            self._upstream_ca = staged
+
+        return commit
 
     def running(self) -> None:
         if self._protocol_audit is None:
@@ -146,6 +175,9 @@ class EgressAddon:
         if self._audit_flusher is None:  # summaries of folded denials, on their interval
             self._audit_flusher = asyncio.get_running_loop().create_task(
                 flush_audit_periodically(lambda: self.runtime))
+        if self._status_watcher is None:  # secrets' ages for /metrics
+            self._status_watcher = asyncio.get_running_loop().create_task(
+                watch_secret_status(lambda: self.runtime))
         self.guard.start()
 
     def done(self) -> None:
@@ -156,6 +188,9 @@ class EgressAddon:
         if self._audit_flusher is not None:
             self._audit_flusher.cancel()
             self._audit_flusher = None
+        if self._status_watcher is not None:
+            self._status_watcher.cancel()
+            self._status_watcher = None
         if self.runtime is not None:
             self.runtime.flush_audit(final=True)
 
@@ -216,11 +251,17 @@ class EgressAddon:
                 req.headers["Host"] = outcome.host_header
             if outcome.origin_form:
                 req.authority = ""  # an absolute-form target naming the CONNECT host
-            if outcome.credential is not None:
-                req.headers = http.Headers(
-                    [(k.encode(), v.encode()) for k, v in outcome.credential.fields])
-                self._injected[flow] = outcome.credential
-            req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
+            injected = outcome.credential
+            if injected is not None:
+                req.headers = http.Headers([(k.encode(), v.encode()) for k, v in injected.fields])
+                if injected.target is not None:
+                    req.path = injected.target  # the key in the query, or a re-signed query
+                self._injected[flow] = injected
+            if injected is not None and injected.sign_body is not None:
+                req.stream = False  # signed in `request`, once the whole body is here
+                self._buffered[flow] = (what, outcome)
+            else:
+                req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
             self._websockets.admitted(flow, outcome.skill, outcome.dest, tls=what.verified_tls)
         self.recorder.allowed(what, outcome, resolved)
 
@@ -235,6 +276,30 @@ class EgressAddon:
             detail=f"request body carries credential {name}, bound to other hosts; "
                    f"upstream aborted",
             credential=admitted.credential.credential if admitted.credential else None))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A buffered AWS request: refuse a body carrying a stray key, else sign it."""
+        pending = self._buffered.pop(flow, None)
+        injected = self._injected.get(flow)
+        if pending is None or injected is None or injected.sign_body is None \
+                or flow.response is not None:
+            return
+        what, admitted = pending
+        try:
+            body = flow.request.raw_content or b""
+            found = carried_in_body(body, admitted.unbound) if admitted.unbound else None
+            if found is not None:
+                flow.response = response(self.recorder.refused(what, Refused(
+                    Reason.CREDENTIAL_EXFILTRATION,
+                    f"request body carries credential {found}, bound to other hosts",
+                    admitted.skill, admitted.dest, admitted.request_id, admitted.decision,
+                    counted=True)))
+                return
+            fields, target = injected.sign_body(body)
+            flow.request.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
+            flow.request.path = target
+        except Exception:
+            self._fail_closed(flow)
 
     @staticmethod
     def _pop_auth(flow: http.HTTPFlow) -> str | None:
@@ -293,7 +358,10 @@ class EgressAddon:
             # Every response streams (SSE arrives event by event); one to a request that
             # carried a key streams through the redactor (egress/proxy/bodies.py).
             injected = self._injected.get(flow)
-            refused = install_response_guard(flow, injected.secret if injected else None)
+            if injected is not None and injected.refused is not None \
+                    and flow.response.status_code == 401:
+                injected.refused()  # a minted token the upstream no longer takes
+            refused = install_response_guard(flow, injected.echoes if injected else ())
             if refused is not None:
                 self._kill(flow, Reason.RESPONSE_UNREADABLE, refused,
                            credential=injected.credential if injected else None)
@@ -325,7 +393,7 @@ class EgressAddon:
         try:
             self._websockets.message(flow)  # client messages: size cap, no stray keys
             injected = self._injected.get(flow)  # upstream messages: no echo of the key
-            self._websockets.redact_echo(flow, injected.secret if injected else None)
+            self._websockets.redact_echo(flow, injected.echoes if injected else ())
         except Exception:  # a bug must not let a message through: drop it, close, audit
             log.exception("egress: error checking a WebSocket message; closing the connection")
             WebSocketGuard.fail_closed(flow)
@@ -461,6 +529,10 @@ class EgressAddon:
 
     def _connection_settings(self) -> ConnectionSettings:
         return self.runtime.policy.settings.connections if self.runtime else ConnectionSettings()
+
+    def oauth_grants(self) -> dict[str, int]:
+        """OAuth access tokens minted so far, by grant type, for /metrics."""
+        return dict(self.gate.credentials.minter.grants)
 
     def open_connections(self) -> dict[str, int]:
         """Open client connections by skill ("" = not authenticated yet), for /metrics."""

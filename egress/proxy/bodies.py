@@ -26,8 +26,8 @@ from egress.credentials.broker import redact
 from egress.credentials.detect import BodyRedactor, BodyScanner, echo_forms, encoded_forms
 from egress.secrets import Secret
 
-__all__ = ["ENCODED", "abort_upstream", "install_response_guard", "redact_message",
-           "request_scanner", "response_redactor", "unreadable_encoding"]
+__all__ = ["ENCODED", "abort_upstream", "carried_in_body", "install_response_guard",
+           "redact_message", "request_scanner", "response_redactor", "unreadable_encoding"]
 
 log = logging.getLogger("egress")
 
@@ -43,28 +43,32 @@ def unreadable_encoding(response: http.Response, method: str) -> str | None:
     return None if value in _READABLE else value[:40]
 
 
-def install_response_guard(flow: http.HTTPFlow, secret: Secret | None) -> str | None:
-    """Stream `flow`'s response; through the redactor when egress put `secret` into the
+def install_response_guard(flow: http.HTTPFlow, secrets: Sequence[Secret]) -> str | None:
+    """Stream `flow`'s response; through the redactor when egress put `secrets` into the
     request (headers redacted now). Returns why it must be refused (an encoding egress cannot
     read), or None."""
     assert flow.response is not None
     flow.response.stream = True
-    if secret is None:
+    if not secrets:
         return None
     fields = [(k, v) for k, v in flow.response.headers.items(multi=True)]
-    cleaned = redact(fields, secret.reveal())
-    if cleaned is not None:
-        flow.response.headers = http.Headers([(k.encode(), v.encode()) for k, v in cleaned])
+    changed = False
+    for secret in secrets:
+        cleaned = redact(fields, secret.reveal())
+        if cleaned is not None:
+            fields, changed = cleaned, True
+    if changed:
+        flow.response.headers = http.Headers([(k.encode(), v.encode()) for k, v in fields])
     encoding = unreadable_encoding(flow.response, flow.request.method)
     if encoding is not None:
         return f"response Content-Encoding {encoding!r}"
-    flow.response.stream = response_redactor(secret.reveal())
+    flow.response.stream = response_redactor(*(s.reveal() for s in secrets))
     return None
 
 
-def response_redactor(secret: str) -> Callable[[bytes], bytes]:
-    """A `flow.response.stream` callable that redacts `secret` in every form it may take."""
-    redactor = BodyRedactor(echo_forms(secret))
+def response_redactor(*secrets: str) -> Callable[[bytes], bytes]:
+    """A `flow.response.stream` callable that redacts `secrets` in every form they may take."""
+    redactor = BodyRedactor([f for secret in secrets for f in echo_forms(secret)])
 
     def stream(chunk: bytes) -> bytes:
         return redactor.feed(chunk) if chunk else redactor.finish()
@@ -72,9 +76,9 @@ def response_redactor(secret: str) -> Callable[[bytes], bytes]:
     return stream
 
 
-def redact_message(content: bytes, secret: str) -> bytes | None:
-    """A whole WebSocket message with `secret` redacted, or None when it holds none."""
-    redactor = BodyRedactor(echo_forms(secret))
+def redact_message(content: bytes, *secrets: str) -> bytes | None:
+    """A whole WebSocket message with `secrets` redacted, or None when it holds none."""
+    redactor = BodyRedactor([f for secret in secrets for f in echo_forms(secret)])
     out = redactor.feed(content) + redactor.finish()
     return out if redactor.redacted else None
 
@@ -97,6 +101,15 @@ def request_scanner(flow: http.HTTPFlow, needles: Mapping[str, Sequence[str]],
         return out
 
     return stream
+
+
+def carried_in_body(body: bytes, needles: Mapping[str, Sequence[str]]) -> str | None:
+    """The credential a whole (buffered) request body carries, or None."""
+    scanner = BodyScanner({name: [f for v in values for f in encoded_forms(v)]
+                           for name, values in needles.items()})
+    scanner.feed(body)
+    scanner.finish()
+    return scanner.found
 
 
 def abort_upstream(flow: http.HTTPFlow) -> None:

@@ -291,9 +291,13 @@ class Gate:
         policy = state.policy.skills.get(skill)
         if policy is None or not policy.credentials:
             return None
+        head = arrival.head
+        assert head is not None
         outcome = await self.credentials.prepare(
             state.secrets, policy, decision.rule, dest, list(arrival.headers),
-            arrival.path or "", verified_tls=tls)
+            arrival.path or "", verified_tls=tls,
+            authority=head.hosts[0] if head.hosts else (head.authority or None),
+            http2=head.http2, endpoint=getattr(state, "oauth", None))
         if isinstance(outcome, Problem):
             return self._refused(outcome, skill, dest, rid, decision, counted=True)
         return outcome

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,13 +113,13 @@ class WebSocketGuard:
                 f"WebSocket message carries credential {', '.join(stray)} outside verified TLS"))
 
     @staticmethod
-    def redact_echo(flow: http.HTTPFlow, secret: Secret | None) -> None:
+    def redact_echo(flow: http.HTTPFlow, secrets: Sequence[Secret]) -> None:
         """Redact the key in a message from an upstream egress gave it to (an echo)."""
-        if secret is None or flow.websocket is None or not flow.websocket.messages:
+        if not secrets or flow.websocket is None or not flow.websocket.messages:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            cleaned = redact_message(message.content, secret.reveal())
+            cleaned = redact_message(message.content, *(s.reveal() for s in secrets))
             if cleaned is not None:
                 message.content = cleaned
 

@@ -11,12 +11,15 @@ never the value: a reference is a location, a secret is not.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
+import re
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from egress.policy.secret_refs import SecretRef
 
-__all__ = ["Secret", "SecretBackend"]
+__all__ = ["Secret", "SecretBackend", "SecretInfo", "parse_rfc3339"]
 
 _REDACTED = "Secret('****')"
 
@@ -104,3 +107,31 @@ class SecretBackend(Protocol):
     async def fetch(self, ref: SecretRef) -> Secret: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """What a backend says about a secret without its value (`egress secrets status`)."""
+
+    version: str | None = None
+    changed_at: float | None = None  # Unix time the current value was written, if known
+    note: str | None = None  # why there is no time (the backend's API has none)
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?")
+
+
+def parse_rfc3339(text: object) -> float | None:
+    """Unix time of an RFC 3339 timestamp (Vault, 1Password), or None when not one."""
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    whole, frac, zone = match.groups()
+    # Vault writes nanoseconds; datetime takes at most microseconds.
+    micro = f".{frac[:6]}" if frac else ""
+    offset = "+00:00" if zone in (None, "Z", "z") else zone
+    try:
+        stamp = dt.datetime.fromisoformat(f"{whole.replace(' ', 'T')}{micro}{offset}")
+    except ValueError:
+        return None
+    return stamp.timestamp()

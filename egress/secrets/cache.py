@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
-from egress.errors import SecretNotFound, SecretUnavailable
-from egress.policy.secret_refs import SecretRef
+from egress.errors import SecretMisconfigured, SecretNotFound, SecretUnavailable
+from egress.policy.secret_refs import SETTINGS_KEY, SecretRef
 from egress.policy.secret_settings import CacheSettings, SecretSettings
-from egress.secrets.base import Secret, SecretBackend
+from egress.secrets.base import Secret, SecretBackend, SecretInfo
 from egress.secrets.local import EnvBackend, FileBackend
 
 __all__ = ["CacheStats", "CachedSecret", "SecretCache", "build_secret_cache"]
@@ -111,6 +111,40 @@ class SecretCache:
             raise
         return CachedSecret(fresh.secret, stale=False)
 
+    def peek(self, ref: SecretRef) -> Secret | None:
+        """The last value fetched for ``ref`` (fresh or not), without asking the backend."""
+        entry = self._entries.get(ref)
+        return entry.secret if entry is not None else None
+
+    async def describe(self, ref: SecretRef) -> SecretInfo:
+        """What the backend says about ``ref`` (version, change time); never cached."""
+        backend = self._backend(ref)
+        describe = getattr(backend, "describe", None)
+        if describe is None:
+            return SecretInfo(note=f"the {ref.scheme} backend cannot describe secrets")
+        try:
+            info: SecretInfo = await describe(ref)
+        except (SecretNotFound, SecretUnavailable):
+            raise
+        except Exception as exc:  # a backend broke its contract: the type only, never text
+            raise SecretUnavailable(
+                f"{ref}: the {ref.scheme} backend failed ({type(exc).__name__})") from exc
+        return info
+
+    def writable(self, ref: SecretRef) -> bool:
+        """Whether egress can store a new value at ``ref`` (Vault/OpenBao KV v2)."""
+        return getattr(self._backends.get(ref.scheme), "write", None) is not None
+
+    async def write(self, ref: SecretRef, value: Secret) -> None:
+        """Store ``value`` at ``ref`` in its backend, then serve it from the cache (a rotated
+        OAuth refresh token). Raises SecretMisconfigured where the backend cannot write."""
+        write = getattr(self._backend(ref), "write", None)
+        if write is None:
+            raise SecretMisconfigured(f"{ref}: the {ref.scheme} backend cannot store values")
+        await write(ref, value)
+        now = self._clock()
+        self._entries[ref] = _Entry(value, now, now + self._ttl())
+
     async def ping(self) -> bool:
         """Whether every remote backend answers its health check (local ones always do)."""
         for backend in self._backends.values():
@@ -137,13 +171,25 @@ class SecretCache:
             except Exception:  # closing is best effort; report it and go on with the rest
                 log.exception("secrets: closing the %s backend failed", type(backend).__name__)
 
-    async def _refresh(self, ref: SecretRef) -> _Entry:
+    def _backend(self, ref: SecretRef) -> SecretBackend:
         backend = self._backends.get(ref.scheme)
         if backend is None:
-            self.stats.failures += 1
-            raise SecretUnavailable(
-                f"{ref}: no {ref.scheme} backend is configured; add settings.secrets.{ref.scheme}"
+            key = SETTINGS_KEY.get(ref.scheme, ref.scheme)
+            raise SecretMisconfigured(
+                f"{ref}: no {ref.scheme} backend is configured; add settings.secrets.{key}"
             )
+        return backend
+
+    def _ttl(self) -> float:
+        s = self._settings
+        return s.ttl * (1 + s.jitter * (2 * self._rand() - 1))
+
+    async def _refresh(self, ref: SecretRef) -> _Entry:
+        try:
+            backend = self._backend(ref)
+        except SecretMisconfigured:
+            self.stats.failures += 1
+            raise
         self.stats.fetches += 1
         try:
             secret = await backend.fetch(ref)
@@ -162,9 +208,7 @@ class SecretCache:
                 f"{ref}: the {ref.scheme} backend failed ({type(exc).__name__})"
             ) from exc
         now = self._clock()
-        s = self._settings
-        ttl = s.ttl * (1 + s.jitter * (2 * self._rand() - 1))
-        entry = _Entry(secret, now, now + ttl)
+        entry = _Entry(secret, now, now + self._ttl())
         self._entries[ref] = entry
         return entry
 
@@ -180,10 +224,19 @@ class SecretCache:
 def build_secret_cache(
     settings: SecretSettings, *, environ: Mapping[str, str] | None = None
 ) -> SecretCache:
-    """A secret cache with env and file backends, and a Vault backend when settings name one."""
+    """A secret cache with env and file backends, and a Vault, 1Password Connect and Doppler
+    backend for each that the settings name (aiohttp is imported only then)."""
     backends: dict[str, SecretBackend] = {"env": EnvBackend(environ), "file": FileBackend()}
     if settings.vault is not None:
-        from egress.secrets.vault import VaultBackend  # aiohttp: only when a vault is configured
+        from egress.secrets.vault import VaultBackend
 
         backends["vault"] = VaultBackend(settings.vault, environ=environ)
+    if settings.onepassword is not None:
+        from egress.secrets.onepassword import OnePasswordBackend
+
+        backends["op"] = OnePasswordBackend(settings.onepassword, environ=environ)
+    if settings.doppler is not None:
+        from egress.secrets.doppler import DopplerBackend
+
+        backends["doppler"] = DopplerBackend(settings.doppler, environ=environ)
     return SecretCache(backends, settings.cache)

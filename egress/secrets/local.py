@@ -12,9 +12,9 @@ import os
 import stat
 from collections.abc import Mapping
 
-from egress.errors import SecretError, SecretNotFound, SecretUnavailable
+from egress.errors import SecretError, SecretForbidden, SecretNotFound, SecretUnavailable
 from egress.policy.secret_refs import SecretRef
-from egress.secrets.base import Secret
+from egress.secrets.base import Secret, SecretInfo
 
 __all__ = ["MAX_SECRET_FILE_BYTES", "EnvBackend", "FileBackend", "read_secret_text"]
 
@@ -32,6 +32,10 @@ class EnvBackend:
 
     The mapping is read on every fetch, so a test or embedding process can change it.
     """
+
+    async def describe(self, ref: SecretRef) -> SecretInfo:
+        await self.fetch(ref)  # the same errors when it is not set
+        return SecretInfo(note="environment variables carry no change time")
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
@@ -51,6 +55,19 @@ class EnvBackend:
 
 class FileBackend:
     """Reads ``file:/PATH``: UTF-8 text with one trailing newline (LF or CRLF) removed."""
+
+    async def describe(self, ref: SecretRef) -> SecretInfo:
+        """The file's modification time is when the secret last changed."""
+        _expect_scheme(ref, "file")
+        try:
+            st = os.stat(ref.location)
+        except FileNotFoundError as exc:
+            raise SecretNotFound(f"{ref}: no such file") from exc
+        except PermissionError as exc:
+            raise SecretForbidden(f"{ref}: permission denied") from exc
+        except OSError as exc:
+            raise SecretUnavailable(f"{ref}: cannot stat ({_errno_name(exc)})") from exc
+        return SecretInfo(changed_at=st.st_mtime)
 
     async def fetch(self, ref: SecretRef) -> Secret:
         _expect_scheme(ref, "file")
@@ -78,7 +95,7 @@ def read_secret_text(path: str, what: str, *, missing: type[SecretError] = Secre
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError as exc:
-        raise SecretUnavailable(f"{what}: permission denied") from exc
+        raise SecretForbidden(f"{what}: permission denied") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.ENOENT):
             raise missing(f"{what}: no such file") from exc

@@ -32,10 +32,16 @@ from urllib.parse import quote
 import aiohttp
 import yarl
 
-from egress.errors import SecretError, SecretNotFound, SecretUnavailable
+from egress.errors import (
+    SecretError,
+    SecretForbidden,
+    SecretMisconfigured,
+    SecretNotFound,
+    SecretUnavailable,
+)
 from egress.policy.secret_refs import SecretRef
 from egress.policy.secret_settings import VaultSettings
-from egress.secrets.base import Secret
+from egress.secrets.base import Secret, SecretInfo, parse_rfc3339
 from egress.secrets.local import read_secret_text
 
 __all__ = ["VaultBackend"]
@@ -89,6 +95,17 @@ class VaultBackend:
         if not value:
             raise SecretNotFound(f"{ref}: field {ref.field!r} is empty")
         return Secret(value)
+
+    async def describe(self, ref: SecretRef) -> SecretInfo:
+        """Version and creation time of the current KV v2 version (the read answer's
+        metadata: no capability beyond what fetching needs)."""
+        status, body = await self._authorized("GET", ref, capability="read")
+        _current_fields(ref, status, body)  # the same errors as a fetch
+        meta = body["data"].get("metadata") if isinstance(body, dict) else None
+        if not isinstance(meta, dict):
+            return SecretInfo(note="no KV v2 metadata in the answer")
+        return SecretInfo(version=str(meta.get("version")) if meta.get("version") else None,
+                          changed_at=parse_rfc3339(meta.get("created_time")))
 
     async def write(self, ref: SecretRef, value: str | Secret) -> None:
         """Set one field of a KV v2 secret, keeping its other fields.
@@ -155,7 +172,7 @@ class VaultBackend:
                     method, path, fresh.token, what=str(ref), body=body
                 )
         if status == 403:
-            raise SecretUnavailable(
+            raise SecretForbidden(
                 f"{ref}: vault refused access (403): the token may be expired or revoked, "
                 f"or its policy does not allow {capability} on {path}"
             )
@@ -247,14 +264,14 @@ class VaultBackend:
             lease = await self._approle_login()
         elif s.token_file is not None:
             where = f"vault.auth.token_file {s.token_file}"
-            token = read_secret_text(s.token_file, where, missing=SecretUnavailable).strip()
+            token = read_secret_text(s.token_file, where, missing=SecretMisconfigured).strip()
             if not token:
-                raise SecretUnavailable(f"{where}: the file is empty")
+                raise SecretMisconfigured(f"{where}: the file is empty")
             lease = await self._describe(Secret(token))
         else:
             token = self._environ.get(s.token_env or "", "").strip()
             if not token:
-                raise SecretUnavailable(
+                raise SecretMisconfigured(
                     f"vault.auth.token_env: environment variable {s.token_env} is not set"
                 )
             lease = await self._describe(Secret(token))
@@ -279,13 +296,13 @@ class VaultBackend:
         s = self._settings
         assert s.approle_role_id is not None and s.approle_secret_id_file is not None
         where = f"vault.auth.approle.secret_id_file {s.approle_secret_id_file}"
-        secret_id = read_secret_text(s.approle_secret_id_file, where, missing=SecretUnavailable)
+        secret_id = read_secret_text(s.approle_secret_id_file, where, missing=SecretMisconfigured)
         now = time.monotonic()
         login = {"role_id": s.approle_role_id, "secret_id": secret_id.strip()}
         path = f"auth/{s.approle_mount}/login"
         status, body = await self._http("POST", path, None, what="vault approle login", body=login)
         if status in (400, 403):
-            raise SecretUnavailable(
+            raise SecretForbidden(
                 f"vault approle login refused (HTTP {status}): check role_id and the secret_id "
                 f"in {s.approle_secret_id_file}"
             )

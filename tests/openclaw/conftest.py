@@ -160,7 +160,7 @@ EXPECTED: dict[str, dict[str, str | None]] = {
     "nano-banana-pro": {"GEMINI_API_KEY": "generativelanguage.googleapis.com"},
     "openai-image-gen": {"OPENAI_API_KEY": "api.openai.com"},
     "slack-notify": {"SLACK_BOT_TOKEN": "slack.com"},
-    "weather": {"OPENWEATHER_API_KEY": None},
+    "weather": {"OPENWEATHER_API_KEY": "api.openweathermap.org"},  # by name: ?appid=
 }
 KEY_OF = {  # credential -> the fake key it holds
     "ANTHROPIC_API_KEY": "anthropic", "GITHUB_TOKEN": "github", "GEMINI_API_KEY": "gemini",

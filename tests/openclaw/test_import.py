@@ -56,7 +56,7 @@ def test_one_report_mode_policy_per_skill_with_keys_and_egress_check_passes(
 
 
 @pytest.mark.parametrize("skill, host", [
-    pytest.param("weather", "openweathermap.org", id="homepage host listed (unbound) for a key of unknown kind"),
+    pytest.param("weather", "openweathermap.org", id="homepage host listed beside the API host the variable names"),
     pytest.param("github", "cli.github.com", id="homepage host listed beside the key's API host"),
 ])
 def test_homepage_hosts_are_listed_as_guesses(claw: ClawHome, skill: str, host: str) -> None:
@@ -67,10 +67,16 @@ def test_homepage_hosts_are_listed_as_guesses(claw: ClawHome, skill: str, host: 
     assert "# GUESS from the SKILL.md homepage" in text
 
 
-def test_unbound_credential_says_what_to_do(claw: ClawHome) -> None:
+def test_a_key_the_api_takes_in_the_url_becomes_a_query_credential(claw: ClawHome) -> None:
+    # OpenWeather takes `?appid=KEY`: a header credential would leave the skill broken.
     assert claw.import_() == 0
-    text = (claw.policies / "openclaw-weather.yaml").read_text()
-    assert "# NOT BOUND to a host yet: add `credential: OPENWEATHER_API_KEY` to the rule" in text
+    weather = policy_of(claw, "weather")
+    cred = weather["credentials"]["OPENWEATHER_API_KEY"]
+    assert cred["query"] == "appid" and "header" not in cred and "format" not in cred
+    assert {"host": "api.openweathermap.org", "credential": "OPENWEATHER_API_KEY"} \
+        in weather["allow"]
+    policy = load_policy_dir(claw.policies)
+    assert policy.skills["weather"].credentials["OPENWEATHER_API_KEY"].shape == "query"
 
 
 @pytest.mark.parametrize("credential", sorted(KEY_OF))
@@ -124,15 +130,31 @@ def test_rewritten_config_holds_placeholders_and_keeps_comments(claw: ClawHome) 
     assert f'// apiKey: "{ph["ANTHROPIC_API_KEY"]}"' in text
 
 
-def test_original_is_kept_as_a_backup_with_its_permissions(tmp_path: Path,
-                                                           claw: ClawHome) -> None:
-    claw.config.chmod(0o640)
+def test_original_is_kept_as_a_0600_backup_and_the_summary_says_it_holds_keys(
+        claw: ClawHome, capsys: pytest.CaptureFixture[str]) -> None:
+    claw.config.chmod(0o644)  # a config others may read: its backup of clear keys must not be
     before = claw.config.read_bytes()
     assert claw.import_() == 0
     backup = claw.config.with_name("openclaw.json.egress-backup")
     assert backup.read_bytes() == before
-    assert stat.S_IMODE(backup.stat().st_mode) == 0o640
-    assert stat.S_IMODE(claw.config.stat().st_mode) == 0o640
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert stat.S_IMODE(claw.config.stat().st_mode) == 0o644  # the config keeps its mode
+    out = capsys.readouterr().out
+    assert (f"original kept in {backup} (mode 0600): it holds the keys in CLEAR TEXT; once the "
+            f"skills work through egress, remove it: shred -u {backup}") in out
+
+
+def test_no_backup_keeps_no_copy_of_the_keys(claw: ClawHome,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert claw.import_("--no-backup") == 0
+    assert not list(claw.config.parent.glob("openclaw.json.egress-backup*"))
+    assert "no backup kept (--no-backup)" in capsys.readouterr().out
+    assert_no_key_in(claw.config_text(), [claw.keys[k] for k in SKILL_KEYS])
+    # Nowhere else under the OpenClaw home does a moved key remain in clear text.
+    for path in claw.home.rglob("*"):
+        if path.is_file():
+            assert_no_key_in(path.read_text(errors="replace"),
+                             [claw.keys[k] for k in SKILL_KEYS])
 
 
 def test_second_import_changes_nothing(claw: ClawHome, capsys: pytest.CaptureFixture[str]) -> None:
@@ -381,11 +403,15 @@ def test_to_vault_with_settings_elsewhere_says_what_to_add(
     monkeypatch.setenv("BAO_TOKEN", bao.root_token)
     claw.policies.mkdir()
     (claw.policies / "base.yaml").write_text("settings:\n  dns: {timeout: 2}\n")
-    assert claw.import_("--to-vault", "secret/openclaw") == 0
-    assert not (claw.policies / "openclaw-settings.yaml").exists()
-    assert (f"note: add to the settings in {claw.policies / 'base.yaml'}: secrets: {{vault: "
-            f'{{addr: "{bao.addr}", auth: {{token_env: BAO_TOKEN}}}}}} so egress can read the '
-            "imported keys") in capsys.readouterr().out
+    before = snapshot(claw.home, claw.policies)
+    # Policies with vault: references would not load without settings.secrets.vault: the
+    # import stops before it writes anything, saying what to add.
+    assert claw.import_("--to-vault", "secret/openclaw") == 1
+    assert capsys.readouterr().err == (
+        f"egress: add to the settings in {claw.policies / 'base.yaml'}: secrets: {{vault: "
+        f'{{addr: "{bao.addr}", auth: {{token_env: BAO_TOKEN}}}}}} so egress can read the '
+        "imported keys, then import again (nothing was changed)\n")
+    assert snapshot(claw.home, claw.policies) == before
 
 
 def test_a_config_without_skill_keys_changes_nothing(claw: ClawHome,

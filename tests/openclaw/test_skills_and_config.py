@@ -133,11 +133,11 @@ def test_top_level_must_be_an_object() -> None:
 
 def test_backup_is_written_once_then_numbered(tmp_path: Path) -> None:
     config = tmp_path / "openclaw.json"
-    first = save_backup(config, b"one", 0o100640)
+    first = save_backup(config, b"one")
     assert first == tmp_path / "openclaw.json.egress-backup"
-    assert stat.S_IMODE(first.stat().st_mode) == 0o640
-    assert save_backup(config, b"one", 0o100640) is None  # the same original: nothing new
-    second = save_backup(config, b"two", 0o100600)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600  # keys in clear text: owner only
+    assert save_backup(config, b"one") is None  # the same original: nothing new
+    second = save_backup(config, b"two")
     assert second == tmp_path / "openclaw.json.egress-backup.2"
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
     assert stat.S_IMODE(second.stat().st_mode) == 0o600

@@ -65,7 +65,8 @@ SINGLE_FILE_CASES = [
                  f"p.yaml:5: skills.s.allow[0].port: {_UNKNOWN_RULE_KEY}", id="unknown rule key"),
     pytest.param("skills:\n  s:\n    credentials:\n      c:\n        secret: env:X\n"
                  "        value: abc\n", "p.yaml:6: skills.s.credentials.c.value: unknown key; "
-                 "expected one of: secret, header, format, placeholder",
+                 "expected one of: secret, header, format, placeholder, query, basic, aws_sigv4, "
+                 "oauth2",
                  id="unknown credential key"),
     pytest.param("settings:\n  modes: report\n", "p.yaml:2: settings.modes: unknown key; "
                  "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets, websocket",
@@ -171,10 +172,12 @@ SINGLE_FILE_CASES = [
                  "`credentials` (a)", id="credential referenced but another one defined"),
     pytest.param("skills:\n  s:\n    credentials:\n      c:\n        header: X-Key\n",
                  "p.yaml:5: skills.s.credentials.c.secret: missing; write vault:MOUNT/PATH#FIELD, "
-                 "env:NAME or file:/ABSOLUTE/PATH", id="credential without a secret"),
+                 "op://VAULT/ITEM/FIELD, doppler:PROJECT/CONFIG#NAME, env:NAME or "
+                 "file:/ABSOLUTE/PATH", id="credential without a secret"),
     pytest.param("skills:\n  s:\n    credentials:\n      c: {secret: \"sk_live_123:456\"}\n",
                  "p.yaml:4: skills.s.credentials.c.secret: unknown secret scheme: write "
-                 "vault:MOUNT/PATH#FIELD, env:NAME or file:/PATH",
+                 "vault:MOUNT/PATH#FIELD, op://VAULT/ITEM/FIELD, doppler:PROJECT/CONFIG#NAME, "
+                 "env:NAME or file:/PATH",
                  id="secret value pasted instead of a reference is not echoed"),
     pytest.param("skills:\n  s:\n    credentials:\n      c: {secret: env:A, header: Host}\n",
                  "p.yaml:4: skills.s.credentials.c.header: Host cannot carry a credential",
@@ -235,7 +238,7 @@ SINGLE_FILE_CASES = [
                  "{dir}/missing.pem does not exist; give a PEM file, relative to {dir}/p.yaml",
                  id="upstream CA file that does not exist"),
     pytest.param("settings:\n  secrets: 5\n", "p.yaml:2: settings.secrets: must be a mapping "
-                 "with 'vault' and/or 'cache'", id="secrets that is not a mapping"),
+                 "with vault, onepassword, doppler, cache, max_age", id="secrets that is not a mapping"),
     pytest.param("settings:\n  secrets:\n    vault:\n      addr: http://127.0.0.1:8200\n"
                  "      auth: {token: s.abc}\n", "p.yaml:5: settings.secrets.vault.auth.token: "
                  "tokens do not belong in policy files: put it in an environment variable "
@@ -368,12 +371,12 @@ def test_valid_fixture_builds_the_model() -> None:
     assert stripe.rules == (Rule(
         host="api.stripe.com", wildcard=False, ports=frozenset({443}),
         methods=frozenset({"GET", "HEAD"}), paths=("/v1/invoices", "/v1/invoices/*"),
-        credential="stripe-read", source=Source(file, 15),
+        credential="stripe-read", source=Source(file, 17),
     ),)
     assert dict(stripe.credentials) == {"stripe-read": Credential(
         name="stripe-read", secret=SecretRef("env", "STRIPE_KEY"), header="Authorization",
         format="Bearer {secret}", placeholder="sk_live_egress_placeholder_0000000000000000",
-        source=Source(file, 20),
+        source=Source(file, 22),
     )}
     assert weather.mode is Mode.REPORT
     assert [(r.host, r.wildcard, sorted(r.ports), r.needs_interception) for r in weather.rules] == [

@@ -177,12 +177,12 @@ def _fetch_error_as_nobody(path: Path) -> str:
     return out
 
 
-def test_unreadable_file_is_unavailable(tmp_path: Path) -> None:
+def test_unreadable_file_is_forbidden(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text("sk_1")
     path.chmod(0)
     out = _fetch_error_as_nobody(path) if os.geteuid() == 0 else _fetch_error(path)
-    assert out == f"SecretUnavailable: file:{path}: permission denied"
+    assert out == f"SecretForbidden: file:{path}: permission denied"
 
 
 async def test_other_open_errors_are_unavailable(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from egress.policy.secret_refs import SecretRef, parse_secret_ref
 
-FORMS = "vault:MOUNT/PATH#FIELD, env:NAME or file:/PATH"
+FORMS = ("vault:MOUNT/PATH#FIELD, op://VAULT/ITEM/FIELD, doppler:PROJECT/CONFIG#NAME, "
+         "env:NAME or file:/PATH")
 VAULT_FORM = "write vault:MOUNT/PATH#FIELD, e.g. vault:secret/stripe#api_key"
 
 

@@ -117,12 +117,12 @@ def test_valid_settings(raw: object, expected: SecretSettings) -> None:
     "raw, field, message",
     [
         pytest.param(
-            [], "", "must be a mapping with 'vault' and/or 'cache'", id="section not a mapping"
+            [], "", "must be a mapping with vault, onepassword, doppler, cache, max_age", id="section not a mapping"
         ),
         pytest.param(
             {"vualt": {}},
             "vualt",
-            "unknown key; expected one of: cache, vault",
+            "unknown key; expected one of: cache, doppler, max_age, onepassword, vault",
             id="unknown top-level key",
         ),
         pytest.param(

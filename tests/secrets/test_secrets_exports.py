@@ -17,6 +17,7 @@ def test_exported_names() -> None:
         "Secret",
         "SecretBackend",
         "SecretCache",
+        "SecretInfo",
         "VaultBackend",
         "build_secret_cache",
     ]
