@@ -112,9 +112,10 @@ def mask_query(query: str, needles: Sequence[str] = ()) -> str:
     parts: list[str] = []
     for pair in query.split("&"):
         name, eq, value = pair.partition("=")
-        if _secret_field(unquote_plus(name), unquote_plus(value), needles) or (
-                not eq and looks_secret(unquote_plus(name), needles)):
-            parts.append(f"{name}={MASK}" if eq else MASK)
+        if not eq:  # a bare word: a flag, or a secret passed on its own
+            parts.append(MASK if looks_secret(unquote_plus(name), needles) else pair)
+        elif _secret_field(unquote_plus(name), unquote_plus(value), needles):
+            parts.append(f"{name}={MASK}")
         else:
             parts.append(pair)
     return visible("&".join(parts))

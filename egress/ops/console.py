@@ -57,7 +57,10 @@ SECURITY_HEADERS = {
 }
 _ASSETS = {"index.html": "text/html", "console.js": "text/javascript",
            "console.css": "text/css"}
-_PUBLIC = frozenset({"/ui", "/ui/", "/ui/console.js", "/ui/console.css", "/ui/login"})
+# Open to anyone who reaches the endpoint: the page (no data), logging in, and asking
+# whether this browser is logged in (the page's first question; no answer holds data).
+_PUBLIC = frozenset({"/ui", "/ui/", "/ui/console.js", "/ui/console.css", "/ui/login",
+                     "/ui/session"})
 _LOGIN_FAILURES = 10  # per minute, for everyone together; then 429 for the rest of it
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -212,10 +215,10 @@ class Console:
         return response
 
     async def session(self, request: web.Request) -> web.Response:
-        who: Principal = request["who"]
+        """This browser's session: its user and CSRF token, or nulls when not logged in."""
         session = self.sessions.get(request.cookies.get(COOKIE))
-        return _json({"user": who.user, "csrf": session.csrf if session and not who.bearer
-                      else None})
+        return _json({"user": session.user if session else None,
+                      "csrf": session.csrf if session else None})
 
     def _https(self, request: web.Request) -> bool:
         url = self._console_url()

@@ -57,6 +57,11 @@ class Supervisor:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.reloader.start(loop)
+        runtime = getattr(self.addon, "runtime", None)
+        if self.admin is None and runtime is not None and any(
+                r.approval is not None for s in runtime.policy.skills.values() for r in s.rules):
+            log.warning("approval rules with --admin off: nobody can approve, so those "
+                        "requests are refused (503 approval_unavailable)")
         if self.admin is not None:
             await self.admin.start()
             runtime = getattr(self.addon, "runtime", None)

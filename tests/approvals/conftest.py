@@ -2,7 +2,7 @@
 webhook receiver, and the CLI: the world the approval tests share (one per module).
 
     payer      POST/GET api.pay.test /v1/refunds, /v1/charges[/*] with credential `stripe`
-               (env, placeholder), approval {wait: 8, valid_for: 600}: held while a person
+               (env, placeholder), approval {wait: 15, valid_for: 600}: held while a person
                decides; a second credential `mail` bound to mail.pay.test
     quick      the same rule with approval {wait: 0}: 428 at once, decided later; and
                h2.pay.test (an HTTP/2 upstream) with the credential and approval {wait: 0}
@@ -186,7 +186,7 @@ def policy(dns: DnsServer, upstream: ApiServer, webhook_file: Path, h2_port: int
           payer:
             allow:
               - {rule}
-                approval: {{wait: 8, valid_for: 600}}
+                approval: {{wait: 15, valid_for: 600}}
               - host: mail.pay.test
                 ports: [{port}]
                 credential: mail

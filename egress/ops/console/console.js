@@ -250,7 +250,8 @@ function drawChart(timeline) {
   const y = (v) => height - bottom - v * (height - bottom - top) / max;
   for (const i of [0, n - 1]) {
     const t = new Date((timeline.start + i * timeline.step) * 1000);
-    chart.append(svg("text", { x: x(i) - (i ? 40 : 0), y: height - 6, "font-size": 11 }, t.toLocaleTimeString()));
+    chart.append(svg("text", { x: x(i), y: height - 6, "font-size": 11, "text-anchor": i ? "end" : "start" },
+      t.toLocaleTimeString()));
   }
   skills.forEach((skill, k) => {
     const colour = COLOURS[k % COLOURS.length];
