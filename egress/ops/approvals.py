@@ -10,8 +10,10 @@
                  <-- PENDING ------   nobody decided in time (428; the approval stays open)
 
 "The identical request" is `request_key`: skill, method, scheme, host, port, path, query,
-the body's SHA-256 and the headers that change what a body means (Content-Type, method
-overrides). A grant is taken by the first matching request within `valid_for` seconds of the
+the body's SHA-256 and the request's headers, but for those a retry may legitimately change
+without changing what the request does (VOLATILE_HEADERS: Date, User-Agent, Idempotency-Key,
+trace ids, ...) and the header egress injects the credential into. A header that changes
+what a write does (`Stripe-Account`, `X-HTTP-Method-Override`, `Cookie`) counts. A grant is taken by the first matching request within `valid_for` seconds of the
 decision, once; a denial refuses every identical request for `valid_for` seconds without
 asking again; an approval nobody decides expires `valid_for` seconds after it was asked (at
 least `wait`). Every step is one audit line (kind "approval"); expiry runs from `run_expiry`.
@@ -40,17 +42,25 @@ from egress.ops.approval_view import PREVIEW_LIMIT, RequestView, visible
 from egress.policy.decide import Verdict
 from egress.reasons import Reason
 
-__all__ = ["Answer", "ApprovalBook", "ApprovalConflict", "ApprovalEntry", "ApprovalNotFound",
-           "ApprovalState", "HeldRequest", "Outcome", "request_key"]
+__all__ = ["VOLATILE_HEADERS", "Answer", "ApprovalBook", "ApprovalConflict", "ApprovalEntry",
+           "ApprovalNotFound", "ApprovalState", "HeldRequest", "Outcome", "request_key"]
 
 _HISTORY = 500  # decided approvals kept for `list --all`, `show` and the console
 _PAST_KEYS = 10_000  # identical requests whose earlier outcomes are remembered
 _MAX_ROUNDS = 8  # a held request re-asks at most this often (a grant another request took)
 _NOTE_MAX = 500
 _NAME_MAX = 100
-# Headers that change what the same bytes mean: part of "the identical request".
-MEANING_HEADERS = ("content-type", "x-http-method-override", "x-http-method",
-                   "x-method-override")
+# Headers left out of "the identical request": a client's retry may change them without
+# changing what the request does (transport, caching, tracing, a regenerated idempotency key).
+# Every other header counts: one the person did not see (`Stripe-Account: acct_other`, a
+# method override, another Cookie) makes another request that needs its own approval.
+VOLATILE_HEADERS = frozenset({
+    "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "content-length", "proxy-connection", "date", "user-agent", "accept", "accept-encoding",
+    "accept-language", "cache-control", "pragma", "idempotency-key", "x-idempotency-key",
+    "x-request-id", "x-correlation-id", "request-id", "traceparent", "tracestate", "baggage",
+    "sentry-trace", "x-amzn-trace-id", "x-cloud-trace-context"})
+VOLATILE_PREFIXES = ("x-b3-", "x-stainless-")  # Zipkin trace ids; OpenAI/Anthropic SDK retries
 
 
 class ApprovalState(StrEnum):
@@ -78,14 +88,19 @@ class ApprovalConflict(ValueError):
 
 
 def request_key(*, skill: str, method: str, scheme: str, host: str, port: int, path: str,
-                query: str, body: bytes, headers: Iterable[tuple[str, str]]
-                ) -> tuple[str, str]:
-    """(the identity of the request, its body's SHA-256), both hex."""
+                query: str, body: bytes, headers: Iterable[tuple[str, str]],
+                ignore: Iterable[str] = ()) -> tuple[str, str]:
+    """(the identity of the request, its body's SHA-256), both hex. `headers` count but for
+    VOLATILE_HEADERS and those named in `ignore` (the header egress injects a credential
+    into: a rotated key must not turn an approved request into another)."""
     body_digest = hashlib.sha256(body).hexdigest()
-    meaning = sorted((k.lower(), v) for k, v in headers if k.lower() in MEANING_HEADERS)
+    skip = VOLATILE_HEADERS | {name.lower() for name in ignore}
+    # Sorted by name, keeping the order of repeated headers (it may matter to the upstream).
+    counted = sorted(((k.lower(), i, v) for i, (k, v) in enumerate(headers)
+                      if k.lower() not in skip and not k.lower().startswith(VOLATILE_PREFIXES)))
     h = hashlib.sha256()
     for part in (skill, method, scheme, host, str(port), path, query, body_digest,
-                 *(f"{k}:{v}" for k, v in meaning)):
+                 *(f"{k}:{v}" for k, _, v in counted)):
         h.update(part.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest(), body_digest
 

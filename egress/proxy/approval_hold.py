@@ -54,6 +54,7 @@ class _Held:
     admitted: Admitted
     resolved: str | None
     needles: tuple[str, ...]  # placeholders and keys to mask in what the person sees
+    injected_header: tuple[str, ...]  # the credential's header: not part of the identity
 
 
 class ApprovalHold:
@@ -90,7 +91,8 @@ class ApprovalHold:
         needles = tuple(self._known_secrets(admitted.skill))
         if admitted.credential is not None:
             needles += (admitted.credential.secret.reveal(),)
-        self._held[flow] = _Held(what, admitted, resolved, needles)
+        self._held[flow] = _Held(what, admitted, resolved, needles,
+                                 self._credential_header(admitted))
         return None
 
     # -- request -------------------------------------------------------------------------
@@ -171,13 +173,23 @@ class ApprovalHold:
     @staticmethod
     def _key(held: _Held, flow: http.HTTPFlow, body: bytes) -> tuple[str, str]:
         """The identity of the request as it will be forwarded: method, the judged host and
-        port, the target as sent (path and query), the body, the meaning headers."""
+        port, the target as sent (path and query), the body, the headers (but for volatile
+        ones and the one the credential is injected into)."""
         admitted, req = held.admitted, flow.request
         path, _, query = req.path.partition("?")
         return request_key(
             skill=admitted.skill, method=req.data.method.decode("latin-1"),
             scheme=req.scheme, host=admitted.dest.host, port=admitted.dest.port, path=path,
-            query=query, body=body, headers=req.headers.items(multi=True))
+            query=query, body=body, headers=req.headers.items(multi=True),
+            ignore=held.injected_header)
+
+    def _credential_header(self, admitted: Admitted) -> tuple[str, ...]:
+        rt = self._runtime()
+        if admitted.credential is None or rt is None:
+            return ()
+        skill = rt.policy.skills.get(admitted.skill)
+        cred = skill.credentials.get(admitted.credential.credential) if skill else None
+        return (cred.header,) if cred is not None else ()
 
     @staticmethod
     def _refusal(admitted: Admitted, reason: Reason, detail: str,

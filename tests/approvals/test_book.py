@@ -104,22 +104,40 @@ async def test_a_changed_request_needs_its_own_approval(changed: dict[str, objec
 
 
 def test_request_key_covers_what_makes_a_request_another() -> None:
+    base_headers = [("Content-Type", "text/plain"), ("Stripe-Account", "acct_1"),
+                    ("Idempotency-Key", "k1"), ("Authorization", "Bearer injected-1")]
+
     def key(**kw: object) -> str:
         args: dict[str, object] = dict(skill="s", method="POST", scheme="https", host="h",
                                        port=443, path="/p", query="a=1", body=b"x",
-                                       headers=[("Content-Type", "text/plain"), ("X-Id", "1")])
+                                       headers=base_headers, ignore=["authorization"])
         args.update(kw)
         return request_key(**args)[0]  # type: ignore[arg-type]
+
+    def with_headers(*extra: tuple[str, str], drop: str = "") -> list[tuple[str, str]]:
+        return [h for h in base_headers if h[0] != drop] + list(extra)
 
     base = key()
     for change in ({"skill": "t"}, {"method": "PUT"}, {"scheme": "http"}, {"host": "g"},
                    {"port": 8443}, {"path": "/q"}, {"query": "a=2"}, {"body": b"y"},
-                   {"headers": [("Content-Type", "application/json")]},
-                   {"headers": [("Content-Type", "text/plain"),
-                                ("X-HTTP-Method-Override", "DELETE")]}):
+                   {"headers": with_headers(("Content-Type", "application/json"),
+                                            drop="Content-Type")},
+                   {"headers": with_headers(("Stripe-Account", "acct_evil"),
+                                            drop="Stripe-Account")},  # another account
+                   {"headers": with_headers(drop="Stripe-Account")},  # the account left out
+                   {"headers": with_headers(("X-HTTP-Method-Override", "DELETE"))},
+                   {"headers": with_headers(("Cookie", "session=other"))},
+                   {"headers": with_headers(("Stripe-Account", "acct_2"))},  # a second value
+                   {"ignore": []}):  # the credential header counts unless egress injects it
         assert key(**change) != base, change
-    # Headers that do not change the meaning (an idempotency key a retry regenerates) do not.
-    assert key(headers=[("content-type", "text/plain"), ("X-Id", "2")]) == base
+    # What a retry may change without changing what the request does: the same request.
+    same = [with_headers(("Idempotency-Key", "k2"), drop="Idempotency-Key"),
+            with_headers(("Date", "Tue, 01 Dec 2026 10:00:00 GMT"), ("User-Agent", "x/2"),
+                         ("traceparent", "00-abc-def-01"), ("X-Stainless-Retry-Count", "1")),
+            with_headers(("Authorization", "Bearer injected-2"), drop="Authorization"),
+            [(k.lower(), v) for k, v in reversed(base_headers)]]  # case and order of names
+    for headers in same:
+        assert key(headers=headers) == base, headers
     assert request_key(skill="s", method="POST", scheme="https", host="h", port=443, path="/p",
                        query="", body=b"x", headers=[])[1] == (
         "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")

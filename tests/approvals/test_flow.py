@@ -39,11 +39,11 @@ def body_for(test: str, **extra: object) -> bytes:
 
 
 def post(aw: ApprovalWorld, path: str, body: bytes, skill: str = "payer",
-         **kwargs: object) -> httpx.Response:
+         headers: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
+    sent = {"Content-Type": "application/json", "Authorization": f"Bearer {PLACEHOLDER}",
+            **(headers or {})}
     with aw.client(skill) as c:
-        return c.post(aw.url(path), content=body,
-                      headers={"Content-Type": "application/json",
-                               "Authorization": f"Bearer {PLACEHOLDER}"}, **kwargs)  # type: ignore[arg-type]
+        return c.post(aw.url(path), content=body, headers=sent, **kwargs)  # type: ignore[arg-type]
 
 
 def by_body(aw: ApprovalWorld, path: str, body: bytes) -> list[object]:
@@ -166,6 +166,40 @@ def test_a_changed_body_path_or_query_after_approval_needs_a_new_approval(
     resp = post(aw, "/v1/charges", body, skill="quick")  # the approved one still goes, once
     assert resp.status_code == 200
     assert len(by_body(aw, "/v1/charges", body)) == 1
+
+
+def test_a_header_the_person_did_not_see_needs_a_new_approval(aw: ApprovalWorld) -> None:
+    """Approved for one Stripe account, the retry names another: a new approval, and the
+    upstream sees nothing of it. A fresh Idempotency-Key (a retry's right) still matches."""
+    body = body_for("header-swap")
+    first = post(aw, "/v1/refunds", body, skill="quick",
+                 headers={"Content-Type": "application/json", "Stripe-Account": "acct_ok",
+                          "Idempotency-Key": "key-1"})
+    approval = first.json()["approval_id"]
+    shown = aw.api("GET", f"/api/approvals/{approval}").json()
+    assert ["Stripe-Account", "acct_ok"] in shown["headers"]
+    aw.api("POST", f"/api/approvals/{approval}/approve", json_body={})
+
+    for swapped in ({"Stripe-Account": "acct_evil"}, {},  # another account; none at all
+                    {"Stripe-Account": "acct_ok", "X-HTTP-Method-Override": "DELETE"}):
+        resp = post(aw, "/v1/refunds", body, skill="quick",
+                    headers={"Content-Type": "application/json", "Idempotency-Key": "key-1",
+                             **swapped})
+        assert resp.status_code == 428, (swapped, resp.text)
+        assert resp.json()["approval_id"] != approval
+    assert by_body(aw, "/v1/refunds", body) == []
+    requested = [r for r in aw.audit(skill="quick", reason="approval_requested")
+                 if r["approval"] != approval and r["path"] == "/v1/refunds"]
+    assert len(requested) >= 3
+
+    resp = post(aw, "/v1/refunds", body, skill="quick",
+                headers={"Content-Type": "application/json", "Stripe-Account": "acct_ok",
+                         "Idempotency-Key": "key-2"})
+    assert resp.status_code == 200, resp.text
+    [got] = by_body(aw, "/v1/refunds", body)
+    assert got.headers["stripe-account"] == "acct_ok"  # type: ignore[attr-defined]
+    assert got.headers["authorization"] == f"Bearer {REAL_KEY}"  # type: ignore[attr-defined]
+    assert [r["reason"] for r in aw.audit(approval=approval)][-1] == "allowed"
 
 
 def test_what_the_person_sees_is_masked(aw: ApprovalWorld) -> None:
