@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -16,9 +19,31 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.approvals.conftest import PLACEHOLDER, REAL_KEY, ApprovalWorld, Background
 from tests.clients import basic, read_response
+from tests.parts.browser import chromium, failed, save_artifacts
 
 XSS_BODY = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 XSS_PATH = "/<img/src=x/onerror=window.__xss=3>"
+
+
+@pytest.fixture(scope="module")
+def module_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """One Chromium for this module (starting one costs seconds on a shared machine)."""
+    with chromium(tmp_path_factory.mktemp("chromium")) as driver:
+        yield driver
+
+
+@pytest.fixture
+def browser(module_browser: WebDriver, request: pytest.FixtureRequest,
+            tmp_path: Path) -> Iterator[WebDriver]:
+    """The module's Chromium, logged out (no cookies) for each test; on failure the
+    screenshot, page and browser console are saved into the test's tmp_path."""
+    module_browser.delete_all_cookies()
+    module_browser.get("about:blank")
+    module_browser.get_log("browser")  # type: ignore[attr-defined]  # start each test's log empty
+    yield module_browser
+    if failed(request.node):
+        saved = save_artifacts(module_browser, tmp_path)
+        print(f"\nbrowser artifacts: {', '.join(str(p) for p in saved)}")
 
 
 def log_in(browser: WebDriver, aw: ApprovalWorld, name: str = "carol") -> None:
