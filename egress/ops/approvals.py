@@ -13,10 +13,14 @@
 the body's SHA-256 and the request's headers, but for those a retry may legitimately change
 without changing what the request does (VOLATILE_HEADERS: Date, User-Agent, Idempotency-Key,
 trace ids, ...) and the header egress injects the credential into. A header that changes
-what a write does (`Stripe-Account`, `X-HTTP-Method-Override`, `Cookie`) counts. A grant is taken by the first matching request within `valid_for` seconds of the
+what a write does (`Stripe-Account`, `X-HTTP-Method-Override`, `Cookie`) counts.
+
+A grant is taken by the first matching request within `valid_for` seconds of the
 decision, once; a denial refuses every identical request for `valid_for` seconds without
 asking again; an approval nobody decides expires `valid_for` seconds after it was asked (at
-least `wait`). Every step is one audit line (kind "approval"); expiry runs from `run_expiry`.
+least `wait`). A skill has at most `max_pending` open approvals and as many requests held
+at once (each keeps its body in memory). Every step is one audit line (kind "approval");
+expiry runs from `run_expiry`.
 
 State lives in this process's memory: a restart forgets open approvals and unused grants
 (fail closed: the agent's retry asks again). Pure asyncio, no I/O: audit lines and
@@ -75,7 +79,7 @@ class Outcome(StrEnum):
     FORWARD = "forward"  # approved: send it (the grant is used)
     DENIED = "denied"  # 403 approval_denied
     PENDING = "pending"  # 428 approval_pending: retry the identical request later
-    FULL = "full"  # 429 approval_queue_full: too many open approvals for the skill
+    FULL = "full"  # 429 approval_queue_full: too many open approvals or held requests
     UNAVAILABLE = "unavailable"  # 503: nobody can decide (no admin endpoint)
 
 
@@ -185,6 +189,7 @@ class ApprovalBook:
         self._entries: OrderedDict[str, ApprovalEntry] = OrderedDict()  # id -> entry
         self._past: OrderedDict[tuple[str, str], Counter[str]] = OrderedDict()
         self._skill_asked: Counter[str] = Counter()
+        self._held: Counter[str] = Counter()  # skill -> requests waiting in `hold` now
         self._listeners: set[asyncio.Queue[None]] = set()
 
     # -- the request path ------------------------------------------------------------------
@@ -194,6 +199,22 @@ class ApprovalBook:
         `alive()` false (the client went away) leaves a grant for the retry."""
         if not self.available:
             return Answer(Outcome.UNAVAILABLE)
+        # Each held request keeps its body (up to max_body) in memory while it waits: a skill
+        # holds at most max_pending at once, identical retries joining an approval included.
+        if req.wait > 0 and self._held[req.skill] >= self._max_pending():
+            self.expire()
+            entry = self._open.get((req.skill, req.key))
+            if entry is None or entry.state is ApprovalState.PENDING:
+                return Answer(Outcome.FULL, entry)
+        self._held[req.skill] += 1
+        try:
+            return await self._hold(req, alive)
+        finally:
+            self._held[req.skill] -= 1
+            if self._held[req.skill] <= 0:
+                del self._held[req.skill]
+
+    async def _hold(self, req: HeldRequest, alive: Callable[[], bool]) -> Answer:
         deadline = self._clock() + req.wait
         joined: ApprovalEntry | None = None
         entry: ApprovalEntry | None = None
@@ -223,6 +244,10 @@ class ApprovalBook:
             except TimeoutError:
                 return Answer(Outcome.PENDING, entry)
         return Answer(Outcome.PENDING, entry)
+
+    def held_count(self, skill: str) -> int:
+        """Requests of `skill` waiting for a decision right now."""
+        return self._held[skill]
 
     def pending_count(self, skill: str) -> int:
         return sum(1 for (s, _), e in self._open.items()

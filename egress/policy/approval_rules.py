@@ -12,7 +12,7 @@
           command: ["/usr/local/bin/page-oncall", "--egress"]
           timeout: 5s
         max_body: 1MiB          # bodies of approval rules are read whole, up to this
-        max_pending: 20         # open approvals per skill
+        max_pending: 20         # open approvals (and requests held at once) per skill
         console_url: "https://egress-admin.internal/ui/"   # for links in notifications
 
 Pure: functions over a NodeReader (problems collected as `file:line: field: message`).

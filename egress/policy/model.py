@@ -217,7 +217,7 @@ class ApprovalNotify:
 class ApprovalSettings:
     notify: ApprovalNotify = ApprovalNotify()
     max_body: int = 2**20  # request bodies of approval rules are read whole, up to this
-    max_pending: int = 20  # open approvals per skill; more are refused (approval_queue_full)
+    max_pending: int = 20  # open approvals, and requests held, per skill (approval_queue_full)
     console_url: str | None = None  # the console's address as operators reach it (links)
 
 

@@ -136,7 +136,10 @@ class ApprovalHold:
                                  f"refused by {entry.decided_by}", approval_id)
         if answer.outcome is Outcome.FULL:
             return self._refusal(admitted, Reason.APPROVAL_QUEUE_FULL,
-                                 f"{self.settings().max_pending} approvals already open")
+                                 f"{self.book.pending_count(admitted.skill)} approvals open, "
+                                 f"{self.book.held_count(admitted.skill)} requests held "
+                                 f"(settings.approvals.max_pending "
+                                 f"{self.settings().max_pending})")
         if answer.outcome is Outcome.UNAVAILABLE:
             return self._refusal(admitted, Reason.APPROVAL_UNAVAILABLE,
                                  "no admin endpoint: nobody can approve")

@@ -221,6 +221,39 @@ async def test_open_approvals_are_capped_per_skill() -> None:
     assert (await b.book.hold(held(b"0"))).outcome is Outcome.PENDING
 
 
+async def test_requests_held_at_once_are_capped_per_skill() -> None:
+    """A skill cannot pile up held requests (each keeps its body in memory) by sending the
+    identical request over many connections: at most max_pending wait at once."""
+    b = Book(max_pending=2)
+    waiting = [asyncio.create_task(b.book.hold(held(wait=30, rid=f"r{i}"))) for i in range(2)]
+    for _ in range(200):
+        if b.book.held_count("payer") == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert b.book.held_count("payer") == 2
+    third = await b.book.hold(held(wait=30, rid="r3"))
+    assert third.outcome is Outcome.FULL
+    assert (await b.book.hold(held(wait=0.01, skill="other"))).outcome is Outcome.PENDING
+    [entry] = [e for e in b.book.entries() if e.request.skill == "payer"]
+    assert entry.asked == 2  # the refused one did not join
+    b.book.decide(entry.id, grant=False, by="alice")
+    answers = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert [a.outcome for a in answers] == [Outcome.DENIED, Outcome.DENIED]
+    assert b.book.held_count("payer") == 0
+    # A decided request answers at once, so the cap does not stand in its way.
+    blockers = [asyncio.create_task(b.book.hold(held(b"{}", wait=30, rid=f"b{i}")))
+                for i in range(2)]
+    for _ in range(200):
+        if b.book.held_count("payer") == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert (await b.book.hold(held(wait=30, rid="r4"))).outcome is Outcome.DENIED
+    for task in blockers:
+        task.cancel()
+    await asyncio.gather(*blockers, return_exceptions=True)
+    assert b.book.held_count("payer") == 0
+
+
 async def test_nobody_can_decide_without_the_admin_endpoint() -> None:
     b = Book()
     b.book.available = False

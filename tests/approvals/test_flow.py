@@ -289,6 +289,26 @@ def test_open_approvals_per_skill_are_capped(aw: ApprovalWorld) -> None:
     assert [r for r in aw.upstream.received if r.path.startswith("/flood/")] == []
 
 
+def test_a_skill_cannot_pile_up_held_requests(aw: ApprovalWorld) -> None:
+    """The identical request over many connections: max_pending (8) are held, the rest get
+    429 at once; one denial answers all of them; the upstream receives none."""
+    body = body_for("pile-up")
+    held = [Background(lambda: post(aw, "/v1/refunds", body)) for _ in range(8)]
+    pending = aw.wait_pending(lambda a: '"test": "pile-up"' in a["body"] and a["asked"] == 8,
+                              timeout=20)
+    started = time.monotonic()
+    extra = post(aw, "/v1/refunds", body)
+    assert extra.status_code == 429 and extra.json()["reason"] == "approval_queue_full"
+    assert time.monotonic() - started < 10  # refused at once, not held for `wait` (15s)
+    aw.api("POST", f"/api/approvals/{pending['id']}/deny", json_body={"note": "pile-up"})
+    answers = [h.result() for h in held]
+    assert [a.status_code for a in answers] == [403] * 8
+    assert by_body(aw, "/v1/refunds", body) == []
+    [full] = [r for r in aw.audit(skill="payer", reason="approval_queue_full")
+              if r["path"] == "/v1/refunds"]
+    assert "8 requests held" in full["detail"]
+
+
 def test_http2_request_is_held_and_forwarded_whole(aw: ApprovalWorld) -> None:
     body = body_for("h2")
     url = f"https://h2.pay.test:{aw.h2.port}/echo"
