@@ -8,14 +8,18 @@ Each test uses its own path or body, so the shared world's upstream record tells
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.approvals.conftest import (
+    EGRESS,
     MAIL_PLACEHOLDER,
     PLACEHOLDER,
     REAL_KEY,
@@ -371,3 +375,37 @@ def test_a_dead_or_failing_webhook_never_delays_or_fails_the_request(aw: Approva
     finally:
         aw.hooks.fail(None)
         aw.webhook_to(f"{aw.hooks.url}/hook")
+
+
+def test_the_cli_speaks_json_finds_egress_by_admin_and_refuses_what_it_cannot_do(
+        aw: ApprovalWorld, tmp_path: Path) -> None:
+    body = body_for("cli-json")
+    first = post(aw, "/v1/charges", body, skill="quick")
+    approval = first.json()["approval_id"]
+    admin = aw.admin_url.removeprefix("http://")
+    listed = json.loads(aw.cli("approvals", "list", "--json", "--admin", admin).stdout)
+    [mine] = [a for a in listed if a["id"] == approval]
+    assert mine["skill"] == "quick" and mine["path"] == "/v1/charges"
+    shown = json.loads(aw.cli("approvals", "show", approval, "--json").stdout)
+    assert '"test": "cli-json"' in shown["body"] and shown["body_sha256"] == mine["body_sha256"]
+    denied = json.loads(aw.cli("approvals", "deny", approval, "--as", "erin", "--json",
+                               "--note", "wrong customer").stdout)
+    assert denied["state"] == "denied" and denied["decided_by"] == "erin (cli)"
+    [line] = aw.audit(approval=approval, reason="approval_denied", kind="approval")
+    assert line["decided_by"] == "erin (cli)" and line["note"] == "wrong customer"
+
+    again = aw.cli("approvals", "approve", approval, check=False)  # decided once, for good
+    assert again.returncode != 0 and "HTTP 409" in again.stderr
+    odd = aw.cli("approvals", "approve", "../../reload", check=False)  # never a path
+    assert odd.returncode != 0 and "is not an approval id" in odd.stderr
+    nowhere = subprocess.run([EGRESS, "approvals", "list", "--data-dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=30,
+                             env={k: v for k, v in os.environ.items()
+                                  if k != "EGRESS_ADMIN_TOKEN"})
+    assert nowhere.returncode != 0 and "no running egress found" in nowhere.stderr
+    no_token = subprocess.run([EGRESS, "approvals", "approve", approval, "--admin", admin,
+                               "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                              timeout=30, env={k: v for k, v in os.environ.items()
+                                               if k != "EGRESS_ADMIN_TOKEN"})
+    assert no_token.returncode != 0 and "HTTP 401" in no_token.stderr
+    assert by_body(aw, "/v1/charges", body) == []
