@@ -8,6 +8,7 @@ webhook receiver, and the CLI: the world the approval tests share (one per modul
                h2.pay.test (an HTTP/2 upstream) with the credential and approval {wait: 0}
     reporter   mode: report, approval {wait: 8}: never held, recorded would_need_approval
     flood      approval {wait: 0} on api.pay.test, for the open-approval cap (max_pending: 8)
+    brief      approval {wait: 0, valid_for: 10} on api.pay.test: approvals that expire
 
 settings.approvals: max_body 4KiB, max_pending 8, the webhook read from a file at each
 notification (`webhook_to()` points it at the live receiver or at a listener that never
@@ -46,7 +47,7 @@ MAIL_KEY = "mail_REAL_" + os.urandom(12).hex()
 PLACEHOLDER = "sk_live_egress_placeholder_approvals_0000"
 MAIL_PLACEHOLDER = "mail_egress_placeholder_approvals_0000"
 EGRESS = str(Path(sys.executable).with_name("egress"))
-SKILLS = ["payer", "quick", "reporter", "flood"]
+SKILLS = ["payer", "quick", "reporter", "flood", "brief"]
 
 
 class SilentListener:
@@ -211,6 +212,12 @@ def policy(dns: DnsServer, upstream: ApiServer, webhook_file: Path, h2_port: int
               - host: api.pay.test
                 ports: [{port}]
                 approval: {{wait: 0}}
+          brief:
+            allow:
+              - host: api.pay.test
+                ports: [{port}]
+                methods: [POST]
+                approval: {{wait: 0, valid_for: 10}}
         """
 
 

@@ -409,3 +409,32 @@ def test_the_cli_speaks_json_finds_egress_by_admin_and_refuses_what_it_cannot_do
                                                if k != "EGRESS_ADMIN_TOKEN"})
     assert no_token.returncode != 0 and "HTTP 401" in no_token.stderr
     assert by_body(aw, "/v1/charges", body) == []
+
+
+def test_approvals_nobody_decides_or_nobody_uses_expire_audited(aw: ApprovalWorld) -> None:
+    """valid_for: 10. One approval nobody decides, one grant nobody uses: both end as
+    approval_expired in the audit log on time (no request needed to notice), and the
+    identical retry asks a person again; the upstream receives nothing."""
+    with aw.client("brief") as c:
+        undecided = c.post(aw.url("/expire/undecided"), content=b"a")
+        unused = c.post(aw.url("/expire/unused"), content=b"b")
+    assert undecided.status_code == unused.status_code == 428
+    left, granted = undecided.json()["approval_id"], unused.json()["approval_id"]
+    aw.api("POST", f"/api/approvals/{granted}/approve", json_body={"note": "then unused"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(
+            aw.audit(skill="brief", reason="approval_expired")) < 2:
+        time.sleep(0.2)
+    expired = {r["approval"]: r for r in aw.audit(skill="brief", reason="approval_expired")}
+    assert set(expired) == {left, granted}
+    assert expired[left]["kind"] == "approval" and expired[left]["decision"] == "deny"
+    assert "nobody decided" in expired[left]["detail"]
+    assert "not used" in expired[granted]["detail"]
+    assert expired[granted]["decided_by"] == "operator (api)"
+    assert aw.api("GET", f"/api/approvals/{granted}").json()["state"] == "expired"
+    with aw.client("brief") as c:
+        retry = c.post(aw.url("/expire/unused"), content=b"b")
+    assert retry.status_code == 428 and retry.json()["approval_id"] != granted
+    shown = aw.api("GET", f"/api/approvals/{retry.json()['approval_id']}").json()
+    assert shown["previous"] == {"expired": 1}  # the person sees how it fared before
+    assert [r for r in aw.upstream.received if r.path.startswith("/expire/")] == []
