@@ -19,9 +19,11 @@ out of the policy file: `env:NAME` or `file:/PATH` (it is a secret; it is never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,9 +142,14 @@ class Notifier:
             _, err = await asyncio.wait_for(proc.communicate(json.dumps(fields).encode()),
                                             timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise RuntimeError(f"{argv[0]} did not finish within {timeout:g}s; killed") from None
+        finally:
+            # Timed out, or cancelled (egress stops): the command and whatever it started
+            # (its own session, so its own process group) end with it; none is left behind.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
         if proc.returncode != 0:
             tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {tail[0][:200]!r}")

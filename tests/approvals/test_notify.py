@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -92,10 +93,21 @@ async def test_failing_slow_and_dead_notifiers_are_logged(tmp_path: Path,
 async def test_notifications_beyond_the_limit_are_dropped_not_queued(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     slow = tmp_path / "slow.py"
-    slow.write_text("import time\ntime.sleep(30)\n")
+    pids = tmp_path / "pids"
+    slow.write_text(f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+                    f"time.sleep(30)\n")
     notifier = Notifier(lambda: ApprovalNotify(command=(sys.executable, str(slow)), timeout=30),
                         lambda: "http://x/ui/", max_in_flight=2)
     for _ in range(3):
         notifier.notify(entry())
     assert len(notifier._tasks) == 2 and "this one is dropped" in caplog.text
+    for _ in range(500):  # both commands started (bounded: 10 s)
+        if pids.exists() and len(pids.read_text().split()) == 2:
+            break
+        await asyncio.sleep(0.02)
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2
     await notifier.close()
+    for pid in started:  # closing (egress stops) ends the commands, none is left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
