@@ -50,6 +50,18 @@ class Reason(StrEnum):
     WEBSOCKET_MESSAGE_TOO_BIG = "websocket_message_too_big"
     # Brokered credentials in shapes egress cannot produce for this request.
     SIGNING_UNSUPPORTED = "signing_unsupported"
+    # Approvals (a person approves each request an approval rule covers): the replies ...
+    APPROVAL_PENDING = "approval_pending"  # 428: nobody decided in time; retry it later
+    APPROVAL_DENIED = "approval_denied"  # 403: a person refused this request
+    APPROVAL_BODY_TOO_LARGE = "approval_body_too_large"  # 413: over settings.approvals.max_body
+    APPROVAL_BODY_ENCODED = "approval_body_encoded"  # 415: a compressed body nobody could read
+    APPROVAL_QUEUE_FULL = "approval_queue_full"  # 429: too many open approvals for the skill
+    APPROVAL_UNAVAILABLE = "approval_unavailable"  # 503: nobody can approve (no admin endpoint)
+    # ... and the steps of an approval in the audit log (kind "approval").
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_GRANTED = "approval_granted"
+    APPROVAL_EXPIRED = "approval_expired"
+    WOULD_NEED_APPROVAL = "would_need_approval"  # report mode: let through, recorded
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,34 @@ _WHY: dict[Reason, str] = {
         "one: aws-chunked streaming uploads (x-amz-content-sha256: STREAMING-...) are not "
         "supported."
     ),
+    Reason.APPROVAL_PENDING: (
+        "The skill's egress policy requires a person to approve this request, and nobody "
+        "decided in time; it was not sent."
+    ),
+    Reason.APPROVAL_DENIED: "A person reviewed this request and refused it; it was not sent.",
+    Reason.APPROVAL_BODY_TOO_LARGE: (
+        "This request needs a person's approval, and its body is larger than egress holds "
+        "for review (settings.approvals.max_body); it was not sent."
+    ),
+    Reason.APPROVAL_BODY_ENCODED: (
+        "This request needs a person's approval, and its body is compressed "
+        "(Content-Encoding), so nobody could read what they approve; it was not sent."
+    ),
+    Reason.APPROVAL_QUEUE_FULL: (
+        "This request needs a person's approval, and the skill already has too many requests "
+        "waiting for one; it was not sent."
+    ),
+    Reason.APPROVAL_UNAVAILABLE: (
+        "This request needs a person's approval, and this egress has no admin endpoint "
+        "where anyone could give it; it was not sent."
+    ),
+    Reason.APPROVAL_REQUESTED: "The request is held while a person decides.",
+    Reason.APPROVAL_GRANTED: "A person approved the request.",
+    Reason.APPROVAL_EXPIRED: "The approval expired.",
+    Reason.WOULD_NEED_APPROVAL: (
+        "The request would need a person's approval; the skill runs in report mode, so it "
+        "was let through."
+    ),
 }
 
 _WHAT_TO_DO: dict[Reason, str] = {
@@ -186,6 +226,20 @@ _WHAT_TO_DO: dict[Reason, str] = {
         "Config(request_checksum_calculation='when_required')); the same request will be "
         "refused again."
     ),
+    Reason.APPROVAL_PENDING: (
+        "Retry the identical request (same method, URL and body) later: once a person approves "
+        "it, that retry is sent, once. A changed request needs a new approval. Do not retry "
+        "in a tight loop."
+    ),
+    Reason.APPROVAL_DENIED: (
+        "Do not send it again unchanged; tell the user it was refused, and ask them before "
+        "trying anything else."
+    ),
+    Reason.APPROVAL_BODY_TOO_LARGE: "Send a smaller body, or ask the operator to raise "
+                                    "settings.approvals.max_body.",
+    Reason.APPROVAL_BODY_ENCODED: "Send the body uncompressed (no Content-Encoding).",
+    Reason.APPROVAL_QUEUE_FULL: "Wait for the open approvals to be decided, then retry.",
+    Reason.APPROVAL_UNAVAILABLE: "Ask the operator to run egress with its admin endpoint on.",
 }
 
 _DEFAULT_TO_DO = (
@@ -194,9 +248,12 @@ _DEFAULT_TO_DO = (
 )
 
 
-def explain(reason: Reason, *, skill: str | None, host: str, port: int) -> str:
+def explain(reason: Reason, *, skill: str | None, host: str, port: int,
+            approval: str | None = None) -> str:
     """Build the agent-readable message for a refusal, e.g. for the 403 JSON body."""
     who = f"skill {skill!r}" if skill else "an unauthenticated client"
     why = _WHY[reason]
     todo = _WHAT_TO_DO.get(reason, _DEFAULT_TO_DO)
+    if approval is not None:
+        why = f"{why} (approval {approval})"
     return f"egress blocked {who} from reaching {host}:{port}. {why} {todo}"

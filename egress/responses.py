@@ -34,6 +34,11 @@ _STATUS: dict[Reason, int] = {
     Reason.IDLE_TIMEOUT: 408,
     Reason.UNAUTHENTICATED_LIMIT: 429,
     Reason.SIGNING_UNSUPPORTED: 400,
+    Reason.APPROVAL_PENDING: 428,
+    Reason.APPROVAL_BODY_TOO_LARGE: 413,
+    Reason.APPROVAL_BODY_ENCODED: 415,
+    Reason.APPROVAL_QUEUE_FULL: 429,
+    Reason.APPROVAL_UNAVAILABLE: 503,
 }
 
 
@@ -51,11 +56,13 @@ class Reply:
 
 def refusal(
     reason: Reason, *, skill: str | None, host: str, port: int, request_id: str,
-    policy_source: str | None = None,
+    policy_source: str | None = None, approval: str | None = None,
+    retry_after: int | None = None,
 ) -> Reply:
-    """The response for a refused request. 407s ask for credentials; the rest are JSON."""
+    """The response for a refused request. 407s ask for credentials; the rest are JSON.
+    `approval`: the approval id a 428 or an approval's 403 is about."""
     status = status_of(reason)
-    message = explain(reason, skill=skill, host=host, port=port)
+    message = explain(reason, skill=skill, host=host, port=port, approval=approval)
     if policy_source:
         message += f" (policy: {policy_source})"
     body = {
@@ -67,6 +74,8 @@ def refusal(
         "message": message,
         "request_id": request_id,
     }
+    if approval is not None:
+        body["approval_id"] = approval
     headers: list[tuple[str, str]] = [
         ("Content-Type", "application/json"),
         ("Cache-Control", "no-store"),
@@ -75,6 +84,12 @@ def refusal(
     ]
     if status == 407:
         headers.append(("Proxy-Authenticate", 'Basic realm="egress"'))
-    if status == 429:
+    if approval is not None:
+        headers.append(("X-Egress-Approval-Id", approval))
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
+    elif status == 429:
         headers.append(("Retry-After", "60"))
+    elif status == 428:
+        headers.append(("Retry-After", "30"))  # a person may decide meanwhile
     return Reply(status, tuple(headers), (json.dumps(body, indent=None) + "\n").encode())

@@ -81,7 +81,9 @@ class DenialFolder:
         """What to write now for `record`: summaries of an interval that just ended, then the
         record itself unless it was folded."""
         out = self.due()
-        if record.decision not in FOLDED_DECISIONS:
+        # A step of an approval (a person's decision, an expiry) is never folded: a flood of
+        # denials must not hide who approved what.
+        if record.decision not in FOLDED_DECISIONS or record.kind == "approval":
             out.append(record)
             return out
         skill = record.skill or ""

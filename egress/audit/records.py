@@ -20,14 +20,17 @@ from typing import Any, Literal
 from egress.policy.decide import Verdict
 from egress.reasons import Reason
 
-__all__ = ["SCHEMA_VERSION", "AuditKind", "AuditRecord", "new_request_id", "parse_record", "read_records",
+__all__ = ["SCHEMA_VERSION", "AuditDecision", "AuditKind", "AuditRecord", "new_request_id", "parse_record", "read_records",
            "timestamp"]
 
 SCHEMA_VERSION = 1
 
 # What was judged: a CONNECT, an HTTP request (plain or in a tunnel), a TLS handshake, what a
-# tunnel carried, a client connection (timeouts, caps), a WebSocket message.
-AuditKind = Literal["connect", "http", "tls", "tunnel", "connection", "websocket"]
+# tunnel carried, a client connection (timeouts, caps), a WebSocket message, a step of an
+# approval (requested, granted, denied, expired).
+AuditKind = Literal["connect", "http", "tls", "tunnel", "connection", "websocket", "approval"]
+# allow | deny | report, or "hold": a request held while a person decides (approval_requested).
+AuditDecision = Verdict | Literal["hold"]
 
 
 def new_request_id() -> str:
@@ -41,7 +44,7 @@ def timestamp() -> str:
 
 @dataclass(frozen=True)
 class AuditRecord:
-    decision: Verdict  # allow | deny | report
+    decision: AuditDecision  # allow | deny | report | hold
     reason: Reason
     kind: AuditKind
     host: str  # as requested, normalised
@@ -61,6 +64,11 @@ class AuditRecord:
     folded: int | None = None
     first_seen: str | None = None
     last_seen: str | None = None
+    # Approvals: the approval's id, who decided (as they named themselves: "alice (console)"),
+    # and their note.
+    approval: str | None = None
+    decided_by: str | None = None
+    note: str | None = None
     id: str = field(default_factory=new_request_id)
     ts: str = field(default_factory=timestamp)
 

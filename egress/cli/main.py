@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from egress import __version__
-from egress.cli import ca, check, denials, openclaw, policy, secrets, serve, token
+from egress.cli import approvals, ca, check, denials, openclaw, policy, secrets, serve, token
 from egress.cli import exec as exec_
 from egress.errors import EgressError
 
@@ -21,6 +21,7 @@ Quick start:
   egress check policies/                 validate the policy files
   egress token issue my-skill            print a token for a skill (shown once)
   egress serve --policies policies/      run the proxy on 127.0.0.1:8080
+  egress approvals list                  requests waiting for a person's approval
   HTTPS_PROXY=http://my-skill:TOKEN@127.0.0.1:8080 curl https://api.example.com/
 """
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"egress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, check, token, ca, denials, policy, secrets, exec_, openclaw):
+    for module in (serve, check, token, ca, denials, policy, secrets, approvals, exec_, openclaw):
         module.register(sub)
     return parser
 

@@ -7,11 +7,15 @@
                     and while draining
     GET  /metrics   Prometheus text format (see egress/ops/metrics.py)
     POST /reload    reload the policy now: 200 with the new digest, 422 with the errors
+    /ui/, /api/     the operator console and its API: approvals, activity, skills
+                    (egress/ops/console.py, egress/ops/console_api.py)
 
 It listens on loopback by default. Bound to any other address it requires a bearer token
 (`Authorization: Bearer TOKEN`; from $EGRESS_ADMIN_TOKEN or DATA_DIR/admin-token) and refuses
 to start without one. A configured token is required on loopback too. Tokens are compared
-with hmac.compare_digest and never logged or echoed.
+with hmac.compare_digest and never logged or echoed. The console and its API always need
+the operator: the admin token, or, without one, a token generated for this run
+(`operator_token`, written to DATA_DIR/admin.json by the supervisor).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +37,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from egress.errors import ConfigError
+from egress.ops.approvals import ApprovalBook
+from egress.ops.console import Console
 from egress.ops.credential_health import CredentialHealth, check_credentials
 from egress.ops.metrics import Metrics, Snapshot
 from egress.ops.reload import Reloader
@@ -152,14 +159,38 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._ping = _Ping()
         self._health: tuple[float, object, list[CredentialHealth]] | None = None
+        # Approvals and the console never go without a token (see egress/ops/console.py).
+        self.generated_token = None if token else secrets.token_urlsafe(32)
+        self.operator_token = token or self.generated_token or ""
+        self.approvals: ApprovalBook | None = getattr(target, "approvals", None)
+        self.console = (Console(target, self.approvals, token=self.operator_token,
+                                console_url=self._configured_console_url)
+                        if self.approvals is not None else None)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def console_url(self) -> str:
+        """The console's address as people reach it (settings.approvals.console_url, else
+        this endpoint's), for links in notifications."""
+        return self._configured_console_url() or f"{self.url}/ui/"
+
+    def _configured_console_url(self) -> str | None:
+        rt = self.target.runtime
+        return rt.policy.settings.approvals.console_url if rt is not None else None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._auth], client_max_size=1024)
+        # 16 KiB: a decision's note or a login; nothing here takes more.
+        app = web.Application(middlewares=[self._auth], client_max_size=16 * 1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/reload", self.reload)
+        if self.console is not None:
+            self.console.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -173,10 +204,17 @@ class AdminServer:
         addresses = runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
-        log.info("admin endpoint on http://%s:%d/ (healthz, readyz, metrics, reload)%s",
-                 self.host, self.port, ", bearer token required" if self._token else "")
+        log.info("admin endpoint on %s/ (healthz, readyz, metrics, reload)%s", self.url,
+                 ", bearer token required" if self._token else "")
+        if self.approvals is not None:
+            self.approvals.available = True  # people can decide from now on
+            log.info("console on %s/ui/ (approvals: `egress approvals list`)", self.url)
 
     async def stop(self) -> None:
+        if self.approvals is not None:
+            self.approvals.available = False
+        if self.console is not None:
+            self.console.closing.set()  # ends the server-sent event streams
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -184,6 +222,8 @@ class AdminServer:
     # -- auth ----------------------------------------------------------------------------
     @web.middleware
     async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if self.console is not None and self.console.handles(request.path):
+            return await self.console.guard(request, handler)  # its own rules, always a token
         if self._token is not None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             ok = (scheme.lower() == "bearer"

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from egress.ops.activity import Timeline
 from egress.secrets.cache import CacheStats
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "Snapshot", "render_family"]
@@ -147,10 +148,12 @@ class Metrics:
             "(authentication, policy, DNS and credential fetch included).",
             ("kind",), 16, LATENCY_BUCKETS)
         self._hosts: set[str] = set()
+        self.timeline = Timeline()  # requests and denials per skill per minute (the console)
 
     # -- events --------------------------------------------------------------------------
     def decision(self, verdict: str, reason: str, skill: str | None, host: str | None) -> None:
         self.decisions.inc(skill or "", verdict, reason)
+        self.timeline.count(skill, verdict)
         if reason in _AUTH_REASONS:
             self.auth_failures.inc(reason)
         if verdict == "deny" and host and skill:

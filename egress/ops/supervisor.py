@@ -1,7 +1,8 @@
 """What runs around the proxy while `egress serve` is up: reload watcher, admin endpoint, signals.
 
-    start:    policy watcher + SIGHUP (egress/ops/reload.py), admin endpoint (egress/ops/admin.py),
-              SIGTERM/SIGINT handlers
+    start:    policy watcher + SIGHUP (egress/ops/reload.py), admin endpoint (egress/ops/admin.py)
+              and its address in DATA_DIR/admin.json, approval notifications
+              (egress/ops/notify.py), SIGTERM/SIGINT handlers
     SIGTERM:  stop accepting connections, let open ones finish for up to `drain_seconds`,
               then stop the proxy; a second SIGTERM/SIGINT stops at once
     stop:     stop the admin endpoint and the watcher, close the audit log
@@ -19,8 +20,11 @@ import signal
 from typing import Any
 
 from egress.ops.admin import AdminServer
+from egress.ops.adminfile import remove_admin_record, write_admin_record
+from egress.ops.notify import Notifier
 from egress.ops.reload import Reloader
 from egress.policy.hosts import parse_ip_literal
+from egress.policy.model import ApprovalNotify
 
 __all__ = ["Supervisor"]
 
@@ -43,16 +47,30 @@ class Supervisor:
                       if admin is not None else None)
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        self.notifier: Notifier | None = None
+        approvals = getattr(addon, "approvals", None)
+        if self.admin is not None and approvals is not None:
+            admin_server = self.admin
+            self.notifier = Notifier(self._notify_settings, admin_server.console_url)
+            approvals.on_open = self.notifier.notify
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.reloader.start(loop)
+        runtime = getattr(self.addon, "runtime", None)
+        if self.admin is None and runtime is not None and any(
+                r.approval is not None for s in runtime.policy.skills.values() for r in s.rules):
+            log.warning("approval rules with --admin off: nobody can approve, so those "
+                        "requests are refused (503 approval_unavailable)")
         if self.admin is not None:
             await self.admin.start()
             runtime = getattr(self.addon, "runtime", None)
             address = parse_ip_literal(self.admin_address[0]) if self.admin_address else None
             if runtime is not None and address is not None and self.admin_address:
                 runtime.add_self_address(address, self.admin_address[1])  # loop protection
+            if runtime is not None:  # where `egress approvals` finds this egress
+                write_admin_record(runtime.data_dir, url=self.admin.url,
+                                   token=self.admin.generated_token)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_stop_signal, sig)
 
@@ -92,6 +110,12 @@ class Supervisor:
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await self.admin.stop()
+            runtime = getattr(self.addon, "runtime", None)
+            if runtime is not None:
+                remove_admin_record(runtime.data_dir)
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.notifier.close()
         await self.reloader.stop()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,6 +125,10 @@ class Supervisor:
         if runtime is not None:
             runtime.flush_audit(final=True)  # summaries of folded denials (if `done` did not)
             runtime.audit.close()  # each line is already written with os.write: nothing buffered
+
+    def _notify_settings(self) -> ApprovalNotify:
+        runtime = getattr(self.addon, "runtime", None)
+        return runtime.policy.settings.approvals.notify if runtime is not None else ApprovalNotify()
 
     @staticmethod
     def _open_connections(proxyserver: Any) -> int:

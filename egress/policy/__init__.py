@@ -9,6 +9,7 @@
     decide.py           decide(policy, skill, destination) -> Decision
     secret_refs.py      where a secret lives (SecretRef), never a value
     secret_settings.py  settings.secrets as data
+    approval_rules.py   `approval:` on a rule and settings.approvals
     suffixes.py         the Public Suffix List; lint.py: warnings about a valid policy
     units.py            sizes and durations
 

@@ -93,4 +93,7 @@ def _match(rules: tuple[Rule, ...], dest: Destination) -> Decision:
             return Decision(Verdict.DENY, Reason.PATH_NOT_CANONICAL, by_method[0], True,
                             detail=spelling)
         return Decision(Verdict.DENY, Reason.PATH_NOT_ALLOWED, by_method[0], True)
-    return Decision(Verdict.ALLOW, Reason.ALLOWED, by_path[0], True)
+    # A request any approval rule covers needs approval, whichever rule comes first: a wider
+    # rule written above it must not let the same request skip the person.
+    chosen = next((r for r in by_path if r.approval is not None), by_path[0])
+    return Decision(Verdict.ALLOW, Reason.ALLOWED, chosen, True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from egress.errors import PolicyError, PolicyErrors
+from egress.policy.approval_rules import read_rule_approval
 from egress.policy.match import parse_host_pattern, parse_path_pattern
 from egress.policy.model import (
     SKILL_NAME,
@@ -48,7 +49,8 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Z]+$")
 _TOP_KEYS = ("settings", "skills")
 _SKILL_KEYS = ("mode", "description", "allow", "credentials", "limits")
-_RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits", "raw_tcp")
+_RULE_KEYS = ("host", "ports", "methods", "paths", "credential", "limits", "raw_tcp",
+              "approval")
 _LIMIT_KEYS = ("requests_per_minute", "concurrent_connections")
 _CREDENTIAL_KEYS = ("secret", "header", "format", "placeholder", *SHAPE_KEYS)
 _SHAPE_PARSERS = {"query": parse_query_param, "basic": parse_basic,
@@ -240,10 +242,13 @@ class _Builder(SettingsReader):
         if "limits" in fields:
             limits = self.limits(file, f"{field}.limits", fields["limits"][1])
         raw_tcp = self.raw_tcp(file, field, fields)
+        approval = None
+        if "approval" in fields:
+            approval = read_rule_approval(self, file, field, fields["approval"][1])
         if pattern is None or len(self.errors) != before:
             return None
         return Rule(
-            limits=limits,
+            limits=limits, approval=approval,
             host=pattern.host, wildcard=pattern.wildcard, ports=frozenset(ports),
             methods=frozenset(methods) if methods is not None else None,
             paths=tuple(paths) if paths is not None else None,
@@ -260,7 +265,7 @@ class _Builder(SettingsReader):
         value = self.scalar(file, node, f"{field}.raw_tcp", bool, "true or false")
         if not value:
             return False
-        looks_inside = [k for k in ("methods", "paths", "credential") if k in fields]
+        looks_inside = [k for k in ("methods", "paths", "credential", "approval") if k in fields]
         if looks_inside:
             self.error(file, node, f"{field}.raw_tcp",
                        f"cannot be combined with {', '.join(looks_inside)}: egress cannot look "

@@ -17,6 +17,9 @@ from egress.policy.secret_settings import SecretSettings
 from egress.policy.shapes import AwsSigV4, BasicAuth, OAuth2, Shape
 
 __all__ = [
+    "Approval",
+    "ApprovalNotify",
+    "ApprovalSettings",
     "AuditSettings",
     "ConnectionSettings",
     "Credential",
@@ -67,6 +70,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """`approval:` on a rule: a person approves each request before it is forwarded."""
+
+    wait: float = 20.0  # seconds a request is held while a person decides (then 428)
+    valid_for: float = 600.0  # seconds a decision stands (and a pending approval stays open)
+
+
+@dataclass(frozen=True)
 class Rule:
     """One `allow` entry. `host` is either an exact name or `*.suffix` (wildcard=True)."""
 
@@ -79,11 +90,13 @@ class Rule:
     source: Source
     limits: Limits | None = None  # on top of the skill's limits
     raw_tcp: bool = False  # bytes inside a CONNECT that are neither TLS nor HTTP/1 may pass
+    approval: Approval | None = None  # each matching request waits for a person's approval
 
     @property
     def needs_interception(self) -> bool:
         """Only rules that look inside requests need TLS terminated by egress."""
-        return self.methods is not None or self.paths is not None or self.credential is not None
+        return (self.methods is not None or self.paths is not None
+                or self.credential is not None or self.approval is not None)
 
     @property
     def label(self) -> str:
@@ -231,6 +244,23 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True)
+class ApprovalNotify:
+    """Who is told that an approval waits. Never on the request path (errors are logged)."""
+
+    webhook: str | None = None  # a URL, or "env:NAME" / "file:PATH" holding one (a secret)
+    command: tuple[str, ...] | None = None  # argv; the approval as JSON on stdin
+    timeout: float = 5.0  # seconds per notification
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    notify: ApprovalNotify = ApprovalNotify()
+    max_body: int = 2**20  # request bodies of approval rules are read whole, up to this
+    max_pending: int = 20  # open approvals, and requests held, per skill (approval_queue_full)
+    console_url: str | None = None  # the console's address as operators reach it (links)
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode = Mode.ENFORCE  # default for skills that do not set `mode`
     dns: DnsSettings = DnsSettings()
@@ -240,6 +270,7 @@ class Settings:
     websocket: WebSocketSettings = WebSocketSettings()
     upstream_ca: str | None = None  # absolute path of extra CAs for upstream TLS
     secrets: SecretSettings | None = None
+    approvals: ApprovalSettings = ApprovalSettings()
     source: Source | None = None
 
 

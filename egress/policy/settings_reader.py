@@ -7,8 +7,10 @@ from pathlib import Path
 import yaml
 
 from egress.policy.addresses import parse_network
+from egress.policy.approval_rules import read_approval_settings
 from egress.policy.hosts import parse_nameserver
 from egress.policy.model import (
+    ApprovalSettings,
     AuditSettings,
     ConnectionSettings,
     DnsSettings,
@@ -32,7 +34,7 @@ __all__ = ["SettingsReader", "parse_mode"]
 _AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age", "budget", "budget_interval",
                "budget_distinct")
 _SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "connections", "upstream_ca", "secrets",
-                  "websocket")
+                  "websocket", "approvals")
 # settings.connections: key -> (lowest, highest) allowed, seconds (the cap: a count).
 _CONNECTION_TIMEOUTS = {
     "request_head_timeout": (1.0, 3600.0),
@@ -93,9 +95,12 @@ class SettingsReader(NodeReader):
         websocket = WebSocketSettings()
         if "websocket" in fields:
             websocket = self.websocket_settings(file, fields["websocket"][1])
+        approvals = ApprovalSettings()
+        if "approvals" in fields:
+            approvals = read_approval_settings(self, file, fields["approvals"][1])
         self.settings = Settings(
             mode=mode, dns=dns, networks=networks, audit=audit, connections=connections,
-            websocket=websocket, upstream_ca=upstream_ca, secrets=secrets,
+            websocket=websocket, upstream_ca=upstream_ca, secrets=secrets, approvals=approvals,
             source=Source(file, key_node.start_mark.line + 1),
         )
 

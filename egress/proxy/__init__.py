@@ -12,6 +12,8 @@
     upgrades.py       protocol switches: only WebSocket (pure)
     websocket.py      WebSocket messages: streamed, capped, checked for keys
     bodies.py         request and response bodies around a brokered credential
+    approval_hold.py  a request an approval rule covers: body read whole (capped), held for
+                      a person (egress/ops/approvals.py), forwarded as approved or refused
     header_limit.py   a cap on unfinished HTTP/1 request heads
     protocol_audit.py mitmproxy's own refusals (parse errors) into the audit log
     connclose.py      a connection egress closes is closed, socket and all

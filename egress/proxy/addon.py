@@ -20,6 +20,7 @@ for every refusal the wire itself produces (handshakes, timeouts, messages, bodi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable
@@ -28,9 +29,10 @@ from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import AddonHalt, OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
-from egress.audit.records import new_request_id
+from egress.audit.records import AuditRecord, new_request_id
 from egress.credentials.broker import Injected
 from egress.errors import PolicyErrors
+from egress.ops.approvals import ApprovalBook
 from egress.ops.credential_health import watch_secret_status
 from egress.ops.datadir import default_data_dir, staged_copy
 from egress.ops.metrics import Metrics
@@ -39,7 +41,8 @@ from egress.ops.runtime import Runtime, flush_audit_periodically
 from egress.policy.decide import Destination
 from egress.policy.hosts import listen_addresses, parse_ip_literal
 from egress.policy.model import ConnectionSettings, PolicySet
-from egress.proxy import connclose, header_limit, websocket
+from egress.proxy import approval_hold, connclose, header_limit, websocket
+from egress.proxy.approval_hold import ApprovalHold
 from egress.proxy.bodies import carried_in_body, install_response_guard, request_scanner
 from egress.proxy.ca import ca_dir, ensure_ca
 from egress.proxy.connections import ConnectionTracker
@@ -93,6 +96,13 @@ class EgressAddon:
                                      lambda: ctx.master.addons.get("proxyserver"))
         self._websockets = WebSocketGuard(lambda: self.runtime.policy if self.runtime else None,
                                           self.gate.credentials, self.recorder)
+        # Requests an approval rule covers wait for a person (egress/proxy/approval_hold.py);
+        # the admin endpoint (egress serve) is where people decide.
+        self.approvals = ApprovalBook(record=self._record_approval_step,
+                                      max_pending=self._max_pending_approvals)
+        self._hold = ApprovalHold(self.approvals, self.recorder, lambda: self.runtime,
+                                  self._known_secrets)
+        self._approval_expiry: asyncio.Task[None] | None = None
 
     # -- options -------------------------------------------------------------------------
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -100,6 +110,7 @@ class EgressAddon:
         install_hostless_log()  # mitmproxy's own 400 for a request without Host gets audited
         websocket.install()  # messages stream (not retained), capped, checked for keys
         connclose.install()  # a connection egress closes is closed, socket and all
+        approval_hold.install()  # a request held for approval is buffered whole, capped
         loader.add_option("egress_policies", str, "",
                           "Directory of egress policy YAML files (required).")
         loader.add_option("egress_data_dir", str, "",
@@ -178,10 +189,16 @@ class EgressAddon:
         if self._status_watcher is None:  # secrets' ages for /metrics
             self._status_watcher = asyncio.get_running_loop().create_task(
                 watch_secret_status(lambda: self.runtime))
+        if self._approval_expiry is None:  # approval_expired lines on time
+            self._approval_expiry = asyncio.get_running_loop().create_task(
+                self.approvals.run_expiry())
         self.guard.start()
 
     def done(self) -> None:
         self.guard.stop()
+        if self._approval_expiry is not None:
+            self._approval_expiry.cancel()
+            self._approval_expiry = None
         if self._protocol_audit is not None:
             self._protocol_audit.uninstall()
             self._protocol_audit = None
@@ -257,12 +274,20 @@ class EgressAddon:
                 if injected.target is not None:
                     req.path = injected.target  # the key in the query, or a re-signed query
                 self._injected[flow] = injected
-            if injected is not None and injected.sign_body is not None:
+            signs_body = injected is not None and injected.sign_body is not None
+            self._websockets.admitted(flow, outcome.skill, outcome.dest, tls=what.verified_tls)
+            if outcome.approval is not None:  # read whole, held in `request` for a person
+                held = self._hold.prepare(flow, what, outcome, resolved)
+                if held is not None:
+                    flow.response = response(self.recorder.refused(what, held))
+                elif signs_body:
+                    self._buffered[flow] = (what, outcome)  # signed once approved
+                return  # audited when approved and forwarded
+            if signs_body:
                 req.stream = False  # signed in `request`, once the whole body is here
                 self._buffered[flow] = (what, outcome)
             else:
                 req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
-            self._websockets.admitted(flow, outcome.skill, outcome.dest, tls=what.verified_tls)
         self.recorder.allowed(what, outcome, resolved)
 
     def _request_stream(self, flow: http.HTTPFlow, what: Arrival, admitted: Admitted) -> object:
@@ -277,7 +302,18 @@ class EgressAddon:
                    f"upstream aborted",
             credential=admitted.credential.credential if admitted.credential else None))
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """A held request's body is complete: a person approves it, or it is refused. Then
+        a buffered AWS request is signed."""
+        if flow.response is None and self._hold.held(flow):
+            try:
+                flow.response = await self._hold.hold(flow)
+            except Exception:
+                self._fail_closed(flow)
+                return
+        self._sign_buffered(flow)
+
+    def _sign_buffered(self, flow: http.HTTPFlow) -> None:
         """A buffered AWS request: refuse a body carrying a stray key, else sign it."""
         pending = self._buffered.pop(flow, None)
         injected = self._injected.get(flow)
@@ -300,6 +336,21 @@ class EgressAddon:
             flow.request.path = target
         except Exception:
             self._fail_closed(flow)
+
+    def _record_approval_step(self, record: AuditRecord) -> None:
+        if self.runtime is not None:
+            self.runtime.record(dataclasses.replace(record, policy=self.runtime.policy.digest))
+
+    def _max_pending_approvals(self) -> int:
+        return self._hold.settings().max_pending
+
+    def _known_secrets(self, skill: str) -> list[str]:
+        """Placeholders of the skill's credentials and the real keys fetched for it."""
+        policy = self.runtime.policy.skills.get(skill) if self.runtime else None
+        out = [c.placeholder for c in policy.credentials.values() if c.placeholder] \
+            if policy is not None else []
+        return out + [s.reveal() for values in self.gate.credentials.known(skill).values()
+                      for s in values]
 
     @staticmethod
     def _pop_auth(flow: http.HTTPFlow) -> str | None:
@@ -383,6 +434,7 @@ class EgressAddon:
                                  http2=flow.request.is_http2)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._hold.error(flow)  # a held body over the cap (audited), or the client left
         self.guard.exchange_done(flow.client_conn, upgraded=False, http2=flow.request.is_http2)
 
     # -- WebSocket -----------------------------------------------------------------------

@@ -13,6 +13,10 @@ so a denied request costs no DNS lookup, no secret fetch and no upstream connect
                                                        path_not_allowed, path_not_canonical
     rate limits      x          x            x         rate_limited (report mode: allowed,
                                                        recorded as report/rate_limited)
+    approval                    x            x         (none here: Admitted.approval tells the
+                                                       front end to hold the request for a
+                                                       person; report mode: allowed, recorded
+                                                       as report/would_need_approval)
     credential                  x            x         credential_exfiltration, tls_required,
                                                        credential_unavailable
     tunnel state                             x         the tunnel's refusal (upstream TLS)
@@ -43,7 +47,7 @@ from egress.ops.metrics import Metrics
 from egress.ops.ratelimit import RateLimiter
 from egress.policy.decide import Decision, Destination, Verdict, decide
 from egress.policy.hosts import IPAddress, host_header, is_host_name, normalise_host
-from egress.policy.model import Mode, PolicySet
+from egress.policy.model import Approval, Mode, PolicySet
 from egress.proxy.requestcheck import RequestHead, check_head, judged_path
 from egress.proxy.tunnels import Tunnel
 from egress.proxy.upgrades import request_refusal
@@ -104,7 +108,12 @@ class Arrival:
 class Admitted:
     """Go ahead. The front end pins `address`, sends `credential.fields` as the headers,
     adds `host_header` when set, forwards an absolute-form target in origin-form when
-    `origin_form`, and scans the body for `unbound` (credential name -> values)."""
+    `origin_form`, and scans the body for `unbound` (credential name -> values).
+
+    `approval` set: an approval rule covers this request. The front end MUST NOT forward any
+    of it yet: it reads the body whole (at most settings.approvals.max_body), holds the
+    request until a person approves it (egress/ops/approvals.py) and forwards exactly the
+    bytes approved, or refuses it (egress/proxy/approval_hold.py)."""
 
     skill: str
     dest: Destination  # as judged
@@ -116,6 +125,7 @@ class Admitted:
     host_header: str | None = None
     origin_form: bool = False
     elapsed: float = 0.0  # seconds the gate took (DNS and secret fetch included)
+    approval: Approval | None = None  # hold for a person's approval before forwarding
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class Refused:
     counted: bool = False  # the rate limiter already counted this request
     recorded: bool = False  # audited before (a tunnel refused at its TLS handshake)
     elapsed: float = 0.0
+    approval: str | None = None  # the approval a refusal is about (approval_pending, _denied)
 
     @property
     def status(self) -> int:
@@ -187,9 +198,10 @@ class Gate:
         if isinstance(vetted, Blocked):
             # Never relaxed by report mode: these protect the operator, not the policy.
             return Refused(vetted.reason, vetted.detail, skill, dest, rid, judged, counted=True)
+        judged, approval = _approval(state, skill, judged, dest)
         return Admitted(skill, dest, judged, rid, address=vetted.ip, credential=credential,
                         unbound=self._unbound(state, skill, dest, judged, credential),
-                        host_header=host_hdr)
+                        host_header=host_hdr, approval=approval)
 
     async def _tunnelled(self, state: GateState, arrival: Arrival, rid: str
                          ) -> Admitted | Refused:
@@ -213,10 +225,12 @@ class Gate:
         if tunnel.refused is not None:  # its upstream failed TLS verification (audited then)
             return Refused(tunnel.refused, None, skill, Destination(tunnel.host, tunnel.port),
                            rid, counted=True, recorded=True)
+        judged, approval = _approval(state, skill, judged, dest)
         # An absolute-form target naming the CONNECT host is forwarded in origin-form.
         return Admitted(skill, dest, judged, rid, credential=credential,
                         unbound=self._unbound(state, skill, dest, judged, credential),
-                        origin_form=bool(head.authority) and not head.http2)
+                        origin_form=bool(head.authority) and not head.http2,
+                        approval=approval)
 
     # -- steps -----------------------------------------------------------------------------
     def _identify(self, state: GateState, arrival: Arrival, rid: str) -> str | Refused:
@@ -315,6 +329,23 @@ class Gate:
                  decision: Decision | None = None, *, counted: bool = False) -> Refused:
         return Refused(problem.reason, problem.detail, skill, dest, rid, decision,
                        counted=counted)
+
+
+def _approval(state: GateState, skill: str, decision: Decision, dest: Destination
+              ) -> tuple[Decision, Approval | None]:
+    """A request an approval rule allows waits for a person. In report mode it is let through
+    and recorded as report/would_need_approval: report mode never approves anything itself."""
+    rule = decision.rule
+    if dest.method is None or rule is None or rule.approval is None \
+            or decision.verdict is Verdict.DENY:
+        return decision, None
+    policy = state.policy.skills.get(skill)
+    if policy is not None and policy.mode is Mode.REPORT:
+        if decision.verdict is Verdict.ALLOW:
+            return dataclasses.replace(decision, verdict=Verdict.REPORT,
+                                       reason=Reason.WOULD_NEED_APPROVAL), None
+        return decision, None  # already a would-be refusal for its own reason (rate_limited)
+    return decision, rule.approval
 
 
 def _requested(arrival: Arrival) -> Destination:

@@ -57,7 +57,8 @@ class Recorder:
         dest = refused.dest
         reply = refusal(refused.reason, skill=refused.skill, host=dest.host, port=dest.port,
                         request_id=refused.request_id,
-                        policy_source=str(rule.source) if rule is not None else None)
+                        policy_source=str(rule.source) if rule is not None else None,
+                        approval=refused.approval)
         self.metrics.observe_latency(_latency_kind(arrival), refused.elapsed)
         if refused.recorded:
             return reply
@@ -78,12 +79,13 @@ class Recorder:
             kind=_audit_kind(arrival), skill=refused.skill, client=arrival.peer,
             host=dest.host, port=dest.port, **_line(arrival).__dict__,
             rule=rule.label if rule is not None else None, policy=runtime.policy.digest,
-            detail=refused.detail))
+            detail=refused.detail, approval=refused.approval))
         return reply
 
-    def allowed(self, arrival: Arrival, admitted: Admitted, resolved: str | None) -> None:
-        """Count an admission; audit it in report mode, with a stale key, or with
-        `settings.audit.log_allowed`."""
+    def allowed(self, arrival: Arrival, admitted: Admitted, resolved: str | None, *,
+                approval: str | None = None, detail: str | None = None) -> None:
+        """Count an admission; audit it in report mode, with a stale key, when a person
+        approved it (`approval`), or with `settings.audit.log_allowed`."""
         decision, credential = admitted.decision, admitted.credential
         self.metrics.observe_latency(_latency_kind(arrival), admitted.elapsed)
         self.metrics.decision(decision.verdict, decision.reason, admitted.skill,
@@ -91,6 +93,7 @@ class Recorder:
         runtime = self._runtime()
         stale = credential is not None and credential.stale
         if runtime is None or not (decision.verdict is Verdict.REPORT or stale
+                                   or approval is not None
                                    or runtime.policy.settings.audit.log_allowed):
             return
         runtime.record(AuditRecord(
@@ -99,8 +102,9 @@ class Recorder:
             host=admitted.dest.host, port=admitted.dest.port, **_line(arrival).__dict__,
             rule=decision.rule.label if decision.rule is not None else None,
             resolved=resolved, policy=runtime.policy.digest,
-            detail=STALE if stale else decision.detail,
-            credential=credential.credential if credential is not None else None))
+            detail=STALE if stale else detail or decision.detail,
+            credential=credential.credential if credential is not None else None,
+            approval=approval))
 
     def denied(self, reason: Reason, *, kind: AuditKind, skill: str | None, host: str,
                port: int, client: str | None, detail: str,

@@ -11,6 +11,7 @@ server's request log shows what arrived: never a placeholder.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import ssl
 from collections.abc import Iterator
@@ -80,6 +81,12 @@ def aws(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[A
                   - host: {s3.bucket}.{s3.domain}
                     ports: [{s3.port}]
                     credential: s3-session
+                  - host: {s3.domain}
+                    ports: [{s3.port}]
+                    methods: [PUT, DELETE]
+                    paths: ["/{s3.bucket}/approved/**"]
+                    credential: s3-user
+                    approval: {{wait: 0}}
                   - host: other.aws.test
                     ports: [{other.port}]
                     methods: [GET, PUT, POST]
@@ -238,3 +245,51 @@ def test_the_real_keys_never_reach_the_skill_or_the_logs(aws: AwsWorld) -> None:
     for secret in (aws.s3.keys.secret_access_key, aws.s3.keys.access_key_id,
                    aws.s3.session_keys.secret_access_key, aws.s3.session_keys.session_token or ""):
         assert secret and secret not in text
+
+
+def _admin(aws: AwsWorld, method: str, path: str) -> httpx.Response:
+    admin = json.loads((aws.proxy.data_dir / "admin.json").read_text())
+    with httpx.Client(timeout=10, trust_env=False) as c:
+        return c.request(method, admin["url"] + path, json={},
+                         headers={"Authorization": f"Bearer {admin['token']}"})
+
+
+@pytest.mark.parametrize("hashed_by", ["sdk", "egress"])
+def test_an_approved_write_is_signed_after_the_person_approves(aws: AwsWorld,
+                                                                hashed_by: str) -> None:
+    # An approval rule on a SigV4 host: the held request reaches S3 only once approved, signed
+    # then with the real keys (a body egress hashes is hashed after approval, what was shown);
+    # the SDK's retry signs afresh (new X-Amz-Date), and is still the identical request.
+    key, body = f"{aws.s3.bucket}/approved/{hashed_by}.txt", f"approved {hashed_by}".encode()
+    before = len(aws.received())
+
+    def put() -> httpx.Response:
+        headers = {"Authorization": f"AWS4-HMAC-SHA256 Credential={PLACEHOLDER.access_key_id}"
+                                    f"/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, "
+                                    f"Signature={os.urandom(32).hex()}",
+                   "X-Amz-Date": f"20240101T0000{os.urandom(1)[0] % 60:02d}Z"}
+        if hashed_by == "sdk":
+            headers["X-Amz-Content-Sha256"] = hashlib.sha256(body).hexdigest()
+        with httpx.Client(proxy=aws.proxy.url("storer"), trust_env=False, timeout=15,
+                          verify=ssl.create_default_context(cafile=aws.bundle)) as c:
+            return c.put(f"{aws.s3.endpoint}/{key}", content=body, headers=headers)
+
+    first = put()
+    assert first.status_code == 428 and first.json()["reason"] == "approval_pending"
+    assert since(aws, before) == []  # held: nothing reached S3
+    approval = first.json()["approval_id"]
+    assert _admin(aws, "POST", f"/api/approvals/{approval}/approve").status_code == 200
+    second = put()
+    assert second.status_code == 200, second.text
+    third = put()  # an approval covers one request
+    assert third.status_code == 428 and third.json()["approval_id"] != approval
+    _admin(aws, "POST", f"/api/approvals/{third.json()['approval_id']}/deny")
+    records = since(aws, before)
+    assert [(r["method"], r["status"]) for r in records] == [("PUT", 200)]
+    assert aws.s3.keys is not None
+    assert f"Credential={aws.s3.keys.access_key_id}/" in authorization(records[0])
+    assert records[0]["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert records[0]["headers"]["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+    steps = [r["reason"] for r in aws.proxy.audit() if r.get("approval") == approval]
+    assert steps[:2] == ["approval_requested", "approval_pending"]
+    assert "approval_granted" in steps

@@ -39,7 +39,7 @@ def rule_yaml(entry: str) -> str:
 
 
 _UNKNOWN_RULE_KEY = ("unknown key; expected one of: host, ports, methods, paths, credential, limits, "
-                     "raw_tcp")
+                     "raw_tcp, approval")
 _STAR_LABEL = "'*' is only allowed as the whole first label, as in *.example.com"
 _NOT_HOST = ("is not a host name; write only the host (ports go in `ports:`, "
              "paths in `paths:`)")
@@ -69,7 +69,8 @@ SINGLE_FILE_CASES = [
                  "oauth2",
                  id="unknown credential key"),
     pytest.param("settings:\n  modes: report\n", "p.yaml:2: settings.modes: unknown key; "
-                 "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets, websocket",
+                 "expected one of: mode, dns, networks, audit, connections, upstream_ca, secrets, websocket, "
+                 "approvals",
                  id="unknown settings key"),
     pytest.param("settings:\n  dns:\n    servers: []\n", "p.yaml:3: settings.dns.servers: "
                  "unknown key; expected one of: nameservers, timeout, min_ttl, max_ttl",
