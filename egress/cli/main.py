@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from egress import __version__
-from egress.cli import ca, check, denials, openclaw, policy, serve, token
+from egress.cli import audit, ca, check, denials, openclaw, policy, serve, token
 from egress.cli import exec as exec_
 from egress.errors import EgressError
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"egress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, check, token, ca, denials, policy, exec_, openclaw):
+    for module in (serve, check, token, ca, denials, policy, audit, exec_, openclaw):
         module.register(sub)
     return parser
 
