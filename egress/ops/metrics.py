@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from egress.secrets.cache import CacheStats
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "Snapshot", "render_family"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "ShipStatus", "Snapshot", "render_family"]
 
 OTHER = "_other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -86,6 +86,18 @@ class _Histogram(_Family):
 
 
 @dataclass(frozen=True)
+class ShipStatus:
+    """One audit shipping destination (settings.audit.ship), read at scrape time."""
+
+    destination: str  # its name: syslog://HOST:PORT, the URL without query, or `name:`
+    shipped: int = 0  # lines the destination confirmed
+    failed: int = 0  # attempts that failed (each is retried)
+    dropped: int = 0  # lines dropped unshipped because the spool was full (each audited)
+    depth: int = 0  # lines in the spool not yet confirmed
+    lag: float = 0.0  # seconds since the oldest of them was written (0 when none)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """State read from the running proxy at scrape time."""
 
@@ -105,6 +117,8 @@ class Snapshot:
     # open connections have not authenticated yet.
     connection_limits: Mapping[str, float] = field(default_factory=dict)
     unauthenticated_connections: int | None = None
+    shipping: tuple[ShipStatus, ...] = ()
+    spool_errors: int = 0  # lines that could not be appended to the spool (disk full)
 
 
 class Metrics:
@@ -236,9 +250,35 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
         yield one("egress_unauthenticated_connections", "gauge",
                   "Open client connections that have not authenticated yet (all addresses).",
                   snap.unauthenticated_connections)
+    if snap.shipping:
+        yield from _shipping_families(snap)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))
+
+
+def _shipping_families(snap: Snapshot) -> Iterable[_Family]:
+    rows = (("egress_audit_shipped_total", "counter",
+             "Audit lines each shipping destination confirmed.", "shipped"),
+            ("egress_audit_ship_failures_total", "counter",
+             "Shipping attempts that failed (the lines wait in the spool and are retried).",
+             "failed"),
+            ("egress_audit_ship_dropped_total", "counter",
+             "Audit lines dropped before they were shipped because the spool was full "
+             "(settings.audit.spool_max_bytes); each drop is also an audit line.", "dropped"),
+            ("egress_audit_spool_lines", "gauge",
+             "Audit lines in the spool that the destination has not confirmed yet.", "depth"),
+            ("egress_audit_ship_lag_seconds", "gauge",
+             "Age of the oldest audit line the destination has not confirmed (0: none).", "lag"))
+    for name, kind, help, attr in rows:
+        fam = _Family(name, kind, help, ("destination",), 1000)
+        fam.values = {(s.destination,): float(getattr(s, attr)) for s in snap.shipping}
+        yield fam
+    fam = _Family("egress_audit_spool_errors_total", "counter",
+                  "Audit lines that could not be appended to the spool (disk full, "
+                  "permissions): no destination gets them.", (), 1)
+    fam.values = {(): snap.spool_errors}
+    yield fam
 
 
 def render_family(fam: _Family) -> str:
