@@ -115,10 +115,16 @@ class Spool:
                 self._cursors[name] = self._end()
                 self._save(name)
             for name, pos in list(self._cursors.items()):
-                if pos.index > self.next_index or (pos.index < self.next_index and
-                                                   self._segment_of(pos) is None):
-                    # Its lines are gone (the spool was cleared by hand): start at the end.
+                if pos.index > self.next_index:  # a cursor from another spool: the end
                     self._cursors[name] = self._end()
+                    self._save(name)
+                elif pos.index < self.next_index and self._segment_of(pos) is None:
+                    # Its lines are gone (segments deleted by hand): go on from the oldest
+                    # line still here, and count what was lost (audited like an overflow).
+                    later = [s for s in self._segments if s.start > pos.index]
+                    to = Position(later[0].start, later[0].start, 0) if later else self._end()
+                    self._lost(name, to.index - pos.index)
+                    self._cursors[name] = to
                     self._save(name)
             self._collect()
 
@@ -180,15 +186,19 @@ class Spool:
                 gone, after = self._segments[0], self._segments[1]
                 for name, pos in self._cursors.items():
                     if pos.index < after.start:
-                        lost = after.start - pos.index
-                        self._drops[name] = self._drops.get(name, 0) + lost
-                        self.dropped[name] = self.dropped.get(name, 0) + lost
+                        self._lost(name, after.start - pos.index)
                         self._cursors[name] = Position(after.start, after.start, 0)
                         self._save(name)
                 del self._segments[0]
                 self._path(gone.start).unlink(missing_ok=True)
                 log.error("egress: audit spool full (%d bytes): dropped lines %d..%d",
                           self.max_bytes, gone.start, after.start - 1)
+
+    def _lost(self, name: str, lines: int) -> None:
+        """`name` will never get `lines` lines: reported by take_drops, counted in dropped."""
+        if lines > 0:
+            self._drops[name] = self._drops.get(name, 0) + lines
+            self.dropped[name] = self.dropped.get(name, 0) + lines
 
     def _total(self) -> int:
         return sum(s.size for s in self._segments)
@@ -220,7 +230,9 @@ class Spool:
             if pos.offset >= end:
                 if following is None:
                     break
-                pos = Position(pos.index, following.start, 0)
+                # The next segment's first line is its name: if this one was cut short by
+                # hand, the lines it lost are skipped, and the numbering stays right.
+                pos = Position(max(pos.index, following.start), following.start, 0)
                 continue
             try:
                 with open(self._path(segment.start), "rb") as fh:
