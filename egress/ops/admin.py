@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hmac
 import ipaddress
 import json
@@ -182,8 +183,15 @@ class AdminServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                # The first-day case: a second `./run serve`, or another program on 8081.
+                hint = (f"; another program (or another egress) listens there: give another "
+                        f"port with --admin {self.host}:PORT, or run without the admin "
+                        f"endpoint with --admin off")
             raise ConfigError(
-                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror})") from exc
+                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror}){hint}"
+            ) from exc
         self._runner = runner
         addresses = runner.addresses
         if addresses:
