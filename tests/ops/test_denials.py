@@ -18,7 +18,11 @@ from egress.audit.query import Query, group, parse_time
 from egress.cli.main import main
 from tests.proxy import EGRESS
 
+# The log is written relative to NOW and the CLI reads ages ("100m") from the real clock, so
+# NOW is set again when the log is written (log_dir): a full suite reaches this module many
+# minutes after collection, which moved records across the windows tested below.
 NOW = datetime.now(UTC)
+COLLECTED = NOW  # what parameters computed at collection saw
 
 # (minutes ago, skill, decision, reason, host, port, method, path); index = id
 ROWS: list[tuple[int, str | None, str, str, str, int, str | None, str | None]] = [
@@ -49,6 +53,8 @@ def make_record(i: int, row: tuple[Any, ...], stamp: str | None = None) -> Audit
 
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    global NOW
+    NOW = datetime.now(UTC)
     directory = tmp_path_factory.mktemp("denials")
     size = len(make_record(0, ROWS[0]).to_json()) + 1
     writer = AuditWriter(directory / "audit.jsonl", Rotation(max_bytes=3 * size, max_files=20))
@@ -200,14 +206,14 @@ def test_follow_prints_new_denials_live(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
-    pytest.param("90m", NOW - timedelta(minutes=90), id="minutes ago"),
-    pytest.param("1h30m", NOW - timedelta(minutes=90), id="compound age"),
+    pytest.param("90m", COLLECTED - timedelta(minutes=90), id="minutes ago"),
+    pytest.param("1h30m", COLLECTED - timedelta(minutes=90), id="compound age"),
     pytest.param("2025-01-31", datetime(2025, 1, 31, tzinfo=UTC), id="a date is UTC midnight"),
     pytest.param("2025-01-31T12:00:00+02:00", datetime(2025, 1, 31, 10, tzinfo=UTC), id="offset converted"),
     pytest.param("2025-01-31T12:00:00Z", datetime(2025, 1, 31, 12, tzinfo=UTC), id="Z suffix"),
 ])
 def test_parse_time(text: str, expected: datetime) -> None:
-    assert parse_time(text, NOW) == expected
+    assert parse_time(text, COLLECTED) == expected
 
 
 def test_query_and_group_are_pure() -> None:
