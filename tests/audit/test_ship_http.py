@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -185,3 +186,36 @@ def test_an_outage_and_error_answers_keep_every_line_in_order(http: HttpWorld) -
     assert [e.line for e in sorted(http.loki.entries(), key=lambda e: e.ns)] == lines
     assert http.bodies(http.jsonl) == lines
     assert [json.loads(b)["raw_data"] for b in http.bodies(http.ocsf)] == lines
+
+
+def test_a_reload_adds_a_destination_that_gets_lines_from_then_on(tmp_path: Path) -> None:
+    """POST /reload with a second destination: it gets every line written after the reload,
+    in order; the first keeps getting everything. A bad ship setting keeps the running one."""
+    with serve_api(collector(), ca=None) as first, serve_api(collector(), ca=None) as second:
+        def bodies(server: ApiServer) -> list[str]:
+            return [line for r in server.received if r.method == "POST"
+                    for line in r.body.decode().splitlines()]
+
+        one = f'- http: {{url: "{first.url}/a"}}\n'
+        with ship_world(tmp_path, one) as w:
+            w.deny_connects(5, tag="before")
+            text = w.policy_file.read_text()
+            w.policy_file.write_text(text.replace(
+                one.rstrip("\n"), one.rstrip("\n") + f'\n      - http: {{url: "{second.url}/b"}}'))
+            with httpx.Client(timeout=10, trust_env=False) as client:
+                assert client.post(f"http://127.0.0.1:{w.admin_port}/reload").status_code == 200
+            reloaded_at = len(w.audit_lines())
+            w.deny_connects(5, tag="after")
+            w.policy_file.write_text(text.replace(f'{first.url}/a"', f'{first.url}/a", format: xml'))
+            with httpx.Client(timeout=10, trust_env=False) as client:
+                bad = client.post(f"http://127.0.0.1:{w.admin_port}/reload")
+            assert bad.status_code == 422 and "settings.audit.ship" in bad.text
+            w.deny_connects(3, tag="kept")
+            lines = w.audit_lines()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (
+                    len(bodies(first)) < len(lines) or len(bodies(second)) < len(lines) - reloaded_at):
+                time.sleep(0.05)
+            assert bodies(first) == lines
+            assert bodies(second) == lines[reloaded_at:]
+            assert sum("after-" in x for x in bodies(second)) == 5
