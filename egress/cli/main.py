@@ -7,7 +7,19 @@ import sys
 from collections.abc import Sequence
 
 from egress import __version__
-from egress.cli import approvals, ca, check, denials, openclaw, policy, secrets, serve, token
+from egress.cli import (
+    approvals,
+    audit,
+    ca,
+    check,
+    denials,
+    openclaw,
+    policy,
+    report,
+    secrets,
+    serve,
+    token,
+)
 from egress.cli import exec as exec_
 from egress.errors import EgressError
 
@@ -33,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"egress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, check, token, ca, denials, policy, secrets, approvals, exec_, openclaw):
+    for module in (serve, check, token, ca, denials, report, policy, secrets, audit, approvals,
+                   exec_, openclaw):
         module.register(sub)
     return parser
 
@@ -45,12 +58,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except EgressError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `egress denials --json | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain, and exit quietly.
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by a pipe
+
+
+def _quiet_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

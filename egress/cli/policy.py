@@ -10,6 +10,13 @@ exactly the hosts and ports it used, ready for review and `egress check`:
 Hosts stay exact unless `--wildcards` is given: then two or more hosts under one parent
 domain become `*.parent` (never over a single-label parent such as `*.com`, nor over a public
 suffix such as `*.github.io`).
+
+`--merge` starts from the skill's current rules instead (credentials, paths, limits and all,
+from the policy file in `--policies DIR` that defines it) and adds only host/port pairs no
+existing rule covers; it prints that whole file with the skill's entry extended, to write to a
+new file, review (`diff`), and move over the old one:
+
+    egress policy suggest weather --merge --policies policies > weather.suggested.yaml
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from egress.audit.query import Query, audit_files, parse_time, read_all, weight
@@ -28,7 +36,7 @@ from egress.policy.hosts import parse_ip_literal
 from egress.policy.match import parse_host_pattern
 from egress.policy.suffixes import public_suffix
 
-__all__ = ["Seen", "observed", "render_policy", "suggest"]
+__all__ = ["Seen", "merge", "merge_document", "observed", "render_policy", "suggest"]
 
 # Reasons a rule in the skill's policy would change. Not: blocked_address, dns_failure,
 # auth failures, rate limits, host_mismatch -- no allow entry fixes those.
@@ -60,6 +68,11 @@ def register(sub: Any) -> None:
                    help="collapse two or more hosts under one parent domain into *.parent")
     s.add_argument("--since", metavar="T",
                    help="only records from T (an age such as 1d, or a time)")
+    s.add_argument("--merge", action="store_true",
+                   help="start from the skill's current rules (from --policies) and add only "
+                        "what was observed and is not allowed yet; prints the whole policy file")
+    s.add_argument("--policies", type=Path, default=Path("policies"), metavar="DIR",
+                   help="the policy directory --merge reads (default: policies)")
     add_data_dir(s)
     s.set_defaults(run=run)
 
@@ -72,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     query = Query(skill=args.skill, since=since,
                   decisions=frozenset({"allow", "deny", "report"}))
     records = query.select(read_all(audit_files(data_dir(args))))
+    if args.merge:
+        sys.stdout.write(merge(args.skill, records, args.policies, wildcards=args.wildcards))
+        return 0
     text = suggest(args.skill, records, wildcards=args.wildcards)
     if text is None:
         print(f"egress: no requests of skill {args.skill!r} in the audit log; run it with "
@@ -167,3 +183,73 @@ def render_policy(skill: str, entries: list[Seen]) -> str:
 def _quote(text: str) -> str:
     # A JSON string is a valid double-quoted YAML scalar: safe for "*.x", IPv6 literals, IDNA.
     return json.dumps(text)
+
+
+def merge(skill: str, records: Iterable[dict[str, Any]], policies: Path, *,
+          wildcards: bool = False) -> str:
+    """The policy file that defines `skill`, with allow entries added for what `records`
+    show and no existing rule covers. ConfigError when the directory is not valid or does
+    not define the skill."""
+    import yaml
+
+    from egress.errors import PolicyErrors
+    from egress.policy.load import load_policy_dir
+
+    try:
+        policy = load_policy_dir(policies)
+    except PolicyErrors as exc:
+        raise ConfigError(f"--merge: {policies} is not a valid policy directory (egress check "
+                          f"{policies} lists the problems): {exc.errors[0]}") from None
+    current = policy.skills.get(skill)
+    if current is None:
+        raise ConfigError(f"--merge: no policy file in {policies} defines skill {skill!r}; "
+                          f"run without --merge for a new skill")
+    path = Path(current.source.file)
+    if not path.is_absolute() and not path.exists():
+        path = policies / path
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--merge: cannot read {path}: {exc}") from None
+
+    def covered(host: str, port: int) -> bool:
+        return any(port in rule.ports for rule in current.index.lookup(host))
+
+    return merge_document(skill, document, observed(records), covered, source=str(path),
+                          wildcards=wildcards)
+
+
+def merge_document(skill: str, document: dict[str, Any], seen: dict[str, Seen],
+                   covered: Any, *, source: str, wildcards: bool = False) -> str:
+    """`document` (a policy file, as loaded) with the skill's `allow` extended by the
+    host/port pairs in `seen` that `covered(host, port)` says no rule allows yet. Pure."""
+    import yaml
+
+    fresh: dict[str, Seen] = {}
+    known: list[str] = []
+    for host, entry in sorted(seen.items()):
+        ports = {p for p in entry.ports if not covered(host, p)}
+        known += [f"{host}:{p}" for p in sorted(entry.ports - ports)]
+        if ports:
+            fresh[host] = Seen(host, ports, entry.count, entry.first, entry.last, {host})
+    entries = collapse(fresh) if wildcards else sorted(fresh.values(), key=lambda s: s.host)
+    skill_doc = document["skills"][skill]
+    if not isinstance(skill_doc, dict):
+        skill_doc = {}
+        document["skills"][skill] = skill_doc
+    allow = list(skill_doc.get("allow") or [])
+    allow += [{"host": e.host, "ports": sorted(e.ports)} for e in entries]
+    skill_doc["allow"] = allow
+    head = [f"# Merged by `egress policy suggest --merge` from {source}: the skill's rules as "
+            f"they are, plus {len(entries)} allow entries for what it was seen using.",
+            "# Comments of the original file are not kept. Review (diff against the original), "
+            "then `egress check DIR`."]
+    for e in entries:
+        head.append(f"#   added {e.host} ports {sorted(e.ports)}: {e.count} requests "
+                    f"({e.first} .. {e.last})" + (f": {', '.join(sorted(e.hosts))}"
+                                                  if len(e.hosts) > 1 else ""))
+    if known:
+        head.append(f"#   already allowed (host and port; refused by method or path, or "
+                    f"allowed): {', '.join(known)}: not widened, review by hand")
+    body = yaml.safe_dump(document, sort_keys=False, allow_unicode=False, width=100)
+    return "\n".join(head) + "\n" + body

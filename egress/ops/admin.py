@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hmac
 import ipaddress
 import json
@@ -40,7 +41,7 @@ from egress.errors import ConfigError
 from egress.ops.approvals import ApprovalBook
 from egress.ops.console import Console
 from egress.ops.credential_health import CredentialHealth, check_credentials
-from egress.ops.metrics import Metrics, Snapshot
+from egress.ops.metrics import Metrics, ShipStatus, Snapshot
 from egress.ops.reload import Reloader
 from egress.ops.runtime import Runtime
 
@@ -138,7 +139,32 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
                          for st in getattr(rt, "secret_status", ()) if st.age is not None},
         oauth_grants=grants() if callable(grants := getattr(target, "oauth_grants", None))
         else {},
+        shipping=ship_status(rt),
+        spool_errors=_spool_errors(rt),
     )
+
+
+def _spool_errors(rt: Runtime) -> int:
+    shipper = getattr(rt, "shipper", None)
+    return shipper.spool.errors if shipper is not None else 0
+
+
+def ship_status(rt: Runtime, now: float | None = None) -> tuple[ShipStatus, ...]:
+    """Where each audit shipping destination stands (settings.audit.ship)."""
+    shipper = getattr(rt, "shipper", None)
+    if shipper is None:
+        return ()
+    now = time.time() if now is None else now
+    out = []
+    for d in rt.policy.settings.audit.ship:
+        stats = shipper.stats.get(d.name)
+        depth = shipper.spool.depth(d.name)
+        oldest = stats.oldest if stats is not None else None
+        out.append(ShipStatus(
+            d.name, shipped=stats.shipped if stats else 0, failed=stats.failed if stats else 0,
+            dropped=shipper.spool.dropped.get(d.name, 0), depth=depth,
+            lag=max(0.0, now - oldest) if depth and oldest is not None else 0.0))
+    return tuple(out)
 
 
 @dataclass
@@ -198,8 +224,15 @@ class AdminServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                # The first-day case: a second `./run serve`, or another program on 8081.
+                hint = (f"; another program (or another egress) listens there: give another "
+                        f"port with --admin {self.host}:PORT, or run without the admin "
+                        f"endpoint with --admin off")
             raise ConfigError(
-                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror})") from exc
+                f"--admin {self.host}:{self.port}: cannot listen ({exc.strerror}){hint}"
+            ) from exc
         self._runner = runner
         addresses = runner.addresses
         if addresses:
@@ -268,9 +301,22 @@ class AdminServer:
         if self.reloader.failing and self.reloader.last is not None:
             # Still ready: the running policy is valid. Shown so a bad edit is not missed.
             checks["policy"]["reload_errors"] = list(self.reloader.last.errors)
+        degraded = []
+        if rt is not None and rt.policy.settings.audit.ship:
+            # Degraded, not unready: the proxy works; its audit lines are not leaving the host.
+            limit = rt.policy.settings.audit.ship_degraded_after
+            behind = {s.destination: {"lag_seconds": round(s.lag, 1), "spool_lines": s.depth}
+                      for s in ship_status(rt)}
+            late = sorted(name for name, s in behind.items() if s["lag_seconds"] > limit)
+            checks["audit_ship"] = {"ok": not late, "destinations": behind}
+            degraded += [f"audit shipping to {name} is more than {limit:g}s behind"
+                         for name in late]
         draining = self._draining()
-        ready = not draining and all(c["ok"] for c in checks.values())
+        ready = not draining and all(c["ok"] for name, c in checks.items()
+                                     if name != "audit_ship")
         body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if degraded:
+            body["degraded"] = degraded
         if draining:
             body["draining"] = True
         return _json(body, 200 if ready else 503)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from egress.ops.activity import Timeline
 from egress.secrets.cache import CacheStats
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "Snapshot", "render_family"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "ShipStatus", "Snapshot", "render_family"]
 
 OTHER = "_other"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -87,6 +87,18 @@ class _Histogram(_Family):
 
 
 @dataclass(frozen=True)
+class ShipStatus:
+    """One audit shipping destination (settings.audit.ship), read at scrape time."""
+
+    destination: str  # its name: syslog://HOST:PORT, the URL without query, or `name:`
+    shipped: int = 0  # lines the destination confirmed
+    failed: int = 0  # attempts that failed (each is retried)
+    dropped: int = 0  # lines dropped unshipped because the spool was full (each audited)
+    depth: int = 0  # lines in the spool not yet confirmed
+    lag: float = 0.0  # seconds since the oldest of them was written (0 when none)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """State read from the running proxy at scrape time."""
 
@@ -111,6 +123,8 @@ class Snapshot:
     secret_ages: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
     secrets_too_old: Mapping[tuple[str, str, str], bool] = field(default_factory=dict)
     oauth_grants: Mapping[str, int] = field(default_factory=dict)  # tokens minted by grant
+    shipping: tuple[ShipStatus, ...] = ()
+    spool_errors: int = 0  # lines that could not be appended to the spool (disk full)
 
 
 class Metrics:
@@ -262,9 +276,35 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
                          "OAuth 2.0 access tokens egress minted, by grant type.", ("grant",), 4)
         grants.values = {(g,): n for g, n in snap.oauth_grants.items()}
         yield grants
+    if snap.shipping:
+        yield from _shipping_families(snap)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))
+
+
+def _shipping_families(snap: Snapshot) -> Iterable[_Family]:
+    rows = (("egress_audit_shipped_total", "counter",
+             "Audit lines each shipping destination confirmed.", "shipped"),
+            ("egress_audit_ship_failures_total", "counter",
+             "Shipping attempts that failed (the lines wait in the spool and are retried).",
+             "failed"),
+            ("egress_audit_ship_dropped_total", "counter",
+             "Audit lines dropped before they were shipped because the spool was full "
+             "(settings.audit.spool_max_bytes); each drop is also an audit line.", "dropped"),
+            ("egress_audit_spool_lines", "gauge",
+             "Audit lines in the spool that the destination has not confirmed yet.", "depth"),
+            ("egress_audit_ship_lag_seconds", "gauge",
+             "Age of the oldest audit line the destination has not confirmed (0: none).", "lag"))
+    for name, kind, help, attr in rows:
+        fam = _Family(name, kind, help, ("destination",), 1000)
+        fam.values = {(s.destination,): float(getattr(s, attr)) for s in snap.shipping}
+        yield fam
+    fam = _Family("egress_audit_spool_errors_total", "counter",
+                  "Audit lines that could not be appended to the spool (disk full, "
+                  "permissions): no destination gets them.", (), 1)
+    fam.values = {(): snap.spool_errors}
+    yield fam
 
 
 def render_family(fam: _Family) -> str:

@@ -10,6 +10,10 @@ to the proxy's settings hooks, which mitmproxy's upstream TLS and the OAuth toke
 audit rotation and budget, connection limits, WebSocket cap and mode (read per decision).
 References that cannot be read as the environment stands are logged at start and on every
 reload (egress/secrets/preflight.py).
+
+The audit writer signs checkpoints with DATA_DIR/audit-key.pem; with `settings.audit.ship`
+it also appends to DATA_DIR/spool, and a Shipper thread sends from there (`start_shipping`,
+at the proxy's `running`; `close` at shutdown).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from egress.audit.chain import Signer
 from egress.audit.fold import Budget, DenialFolder
 from egress.audit.records import AuditRecord
+from egress.audit.ship.shipper import Shipper
+from egress.audit.spool import Spool
 from egress.audit.writer import AUDIT_FILE, AuditWriter, Rotation
 from egress.errors import PolicyError, PolicyErrors, SecretUnavailable
 from egress.identity import TokenStore
@@ -33,7 +40,7 @@ from egress.netguard import AddressGuard, Blocked, DnsResolver, local_interface_
 from egress.ops.datadir import staged_copy
 from egress.policy.addresses import NetworkPolicy
 from egress.policy.load import load_policy_dir
-from egress.policy.model import PolicySet
+from egress.policy.model import AuditSettings, PolicySet
 from egress.policy.secret_settings import SecretSettings
 from egress.secrets import SecretCache, build_secret_cache
 from egress.secrets.preflight import reference_problems
@@ -78,6 +85,8 @@ class Runtime:
     oauth: GuardedTokenEndpoint | None = None  # egress's client for OAuth token endpoints
     settings_hooks: list[SettingsHook] = field(default_factory=list)
     secret_status: list[SecretStatus] = field(default_factory=list)  # for /metrics
+    shipper: Shipper | None = None  # sends audit lines off the host (settings.audit.ship)
+    _shipping: bool = False  # start_shipping was called
 
     @classmethod
     def create(
@@ -101,15 +110,18 @@ class Runtime:
         problems = settings_problems(policy)
         if problems:
             raise PolicyErrors(problems)
+        writer = AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy),
+                             signer=_signer(data))
         runtime = cls(
             policy_dir=Path(policy_dir), data_dir=data, policy=policy,
-            tokens=TokenStore(data), audit=AuditWriter(audit_path or data / AUDIT_FILE, _rotation(policy)),
+            tokens=TokenStore(data), audit=writer,
             guard=guard, self_addresses=self_addresses,
             secrets=build_secret_cache(policy.settings.secrets or SecretSettings()),
             folder=DenialFolder(_budget(policy)),
         )
         runtime.oauth = runtime._token_client(policy)
         log_reference_problems(policy)
+        runtime._configure_shipping(policy)
         return runtime
 
     def _token_client(self, policy: PolicySet) -> GuardedTokenEndpoint | None:
@@ -188,6 +200,9 @@ class Runtime:
             commit()
         self.audit.rotation = _rotation(new)
         self.folder.budget = _budget(new)
+        if _shipping_settings(new.settings.audit) != _shipping_settings(self.policy.settings.audit) \
+                or (self.shipper is not None and new.settings.secrets != self.policy.settings.secrets):
+            self._configure_shipping(new)
         old, self.policy = self.policy.digest, new
         self.reloads.ok += 1
         self.reloads.last_error = None
@@ -212,6 +227,54 @@ class Runtime:
         at shutdown) all of them."""
         for line in self.folder.flush() if final else self.folder.due():
             self.audit.write(line)
+
+    # -- shipping ---------------------------------------------------------------------------
+    def _configure_shipping(self, policy: PolicySet) -> None:
+        """Point the writer at the spool and the shipper at the destinations of `policy`. The
+        shipper, once made, lives until `close` (a reload without destinations idles it)."""
+        a = policy.settings.audit
+        if self.shipper is None:
+            if not a.ship:
+                return
+            spool = Spool(self.data_dir / "spool", a.spool_max_bytes)
+            spool.open()
+            spool.register({d.name for d in a.ship})
+            self.shipper = Shipper(spool, a.ship, policy.settings.secrets)
+            if self._shipping:
+                self.shipper.start()
+        else:
+            self.shipper.spool.resize(a.spool_max_bytes)
+            self.shipper.configure(a.ship, policy.settings.secrets)  # forgets removed cursors
+        self.audit.spool = self.shipper.spool if a.ship else None
+
+    def start_shipping(self) -> None:
+        """Start the shipping thread (the proxy is running). Idempotent."""
+        self._shipping = True
+        if self.shipper is not None:
+            self.shipper.start()
+
+    def close(self, *, drain: float = 3.0) -> None:
+        """At shutdown: summaries of folded denials, a signed checkpoint, then up to `drain`
+        seconds for the shipper to send what is left (the rest stays in the spool)."""
+        self.flush_audit(final=True)
+        self.audit.close()
+        if self.shipper is not None:
+            self.shipper.stop(timeout=drain)
+            self.shipper.spool.close()
+
+
+def _signer(data_dir: Path) -> Signer | None:
+    try:
+        return Signer.load_or_create(data_dir)
+    except (OSError, ValueError) as exc:
+        # The chain still links every line; only the checkpoints go unsigned. Said loudly.
+        log.error("egress: audit checkpoints will not be signed: cannot read or make %s (%s)",
+                  data_dir / "audit-key.pem", type(exc).__name__)
+        return None
+
+
+def _shipping_settings(a: AuditSettings) -> tuple[object, ...]:
+    return (a.ship, a.spool_max_bytes)
 
 
 class _Closable(Protocol):

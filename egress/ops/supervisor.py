@@ -123,8 +123,9 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
         runtime = self.addon.runtime
         if runtime is not None:
-            runtime.flush_audit(final=True)  # summaries of folded denials (if `done` did not)
-            runtime.audit.close()  # each line is already written with os.write: nothing buffered
+            # Summaries of folded denials and a signed checkpoint (if `done` did not), then
+            # what is left to ship; each line is already written with os.write.
+            runtime.close()
 
     def _notify_settings(self) -> ApprovalNotify:
         runtime = getattr(self.addon, "runtime", None)

@@ -15,6 +15,7 @@ from enum import StrEnum
 from egress.policy.secret_refs import SecretRef
 from egress.policy.secret_settings import SecretSettings
 from egress.policy.shapes import AwsSigV4, BasicAuth, OAuth2, Shape
+from egress.policy.ship_settings import Destination
 
 __all__ = [
     "Approval",
@@ -223,6 +224,11 @@ class AuditSettings:
     budget: int = 60
     budget_interval: float = 60.0  # seconds
     budget_distinct: int = 100
+    # Shipping off the host (egress/policy/ship_settings.py, egress/audit/ship/): destinations,
+    # the bound of the spool of unshipped lines, and the lag past which /readyz says degraded.
+    ship: tuple[Destination, ...] = ()
+    spool_max_bytes: int = 256 * 2**20
+    ship_degraded_after: float = 300.0  # seconds
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from egress.policy.secret_settings import (
     SettingsFieldError,
     parse_secret_settings,
 )
+from egress.policy.ship_settings import read_destinations
 from egress.policy.units import parse_duration, parse_size
 from egress.policy.yamlnodes import NodeReader, construct, find
 
 __all__ = ["SettingsReader", "parse_mode"]
 
 _AUDIT_KEYS = ("log_allowed", "max_bytes", "max_files", "max_age", "budget", "budget_interval",
-               "budget_distinct")
+               "budget_distinct", "ship", "spool_max_bytes", "ship_degraded_after")
 _SETTINGS_KEYS = ("mode", "dns", "networks", "audit", "connections", "upstream_ca", "secrets",
                   "websocket", "approvals")
 # settings.connections: key -> (lowest, highest) allowed, seconds (the cap: a count).
@@ -168,6 +169,19 @@ class SettingsReader(NodeReader):
             self.error(file, a["budget_interval"][1], "settings.audit.budget_interval",
                        "must be between 1s and 1d")
             interval = None
+        ship = read_destinations(self, file, a["ship"][1]) if "ship" in a else out.ship
+        spool = self.parsed_unit(file, a, "spool_max_bytes", parse_size, "a size such as 256MiB",
+                                 "settings.audit")
+        if spool is not None and not 2**20 <= spool <= 2**40:
+            self.error(file, a["spool_max_bytes"][1], "settings.audit.spool_max_bytes",
+                       "must be between 1MiB and 1TiB")
+            spool = None
+        lag = self.parsed_unit(file, a, "ship_degraded_after", parse_duration,
+                               "a duration such as 5m", "settings.audit")
+        if lag is not None and not 1 <= lag <= 7 * 86400:
+            self.error(file, a["ship_degraded_after"][1], "settings.audit.ship_degraded_after",
+                       "must be between 1s and 7d")
+            lag = None
         return AuditSettings(
             log_allowed=out.log_allowed,
             max_bytes=int(size) if size is not None else out.max_bytes,
@@ -176,6 +190,9 @@ class SettingsReader(NodeReader):
             budget=counts.get("budget", out.budget),
             budget_interval=interval if interval is not None else out.budget_interval,
             budget_distinct=counts.get("budget_distinct", out.budget_distinct),
+            ship=ship,
+            spool_max_bytes=int(spool) if spool is not None else out.spool_max_bytes,
+            ship_degraded_after=lag if lag is not None else out.ship_degraded_after,
         )
 
     def connection_settings(self, file: str, node: yaml.Node) -> ConnectionSettings:

@@ -140,13 +140,18 @@ class EgressAddon:
         preloaded, self._preloaded = self._preloaded, None
         policy = preloaded[1] if preloaded and preloaded[0] == ctx.options.egress_policies else None
         try:
-            self.runtime = Runtime.create(
+            runtime = Runtime.create(
                 ctx.options.egress_policies, data_dir,
                 self_addresses=listen_addresses(ctx.options.listen_host, ctx.options.listen_port),
                 audit_path=ctx.options.egress_audit or None, policy=policy,
             )
         except PolicyErrors as exc:
             raise OptionsError(f"egress_policies: invalid policy:\n{exc}") from exc
+        if self.runtime is not None:
+            self.runtime.close(drain=1.0)  # its checkpoint first; the new writer continues
+        self.runtime = runtime
+        if self._audit_flusher is not None:  # already running: ship from the new one too
+            runtime.start_shipping()
         updates: dict[str, object] = {}
         if ctx.options.confdir == "~/.mitmproxy":
             # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
@@ -193,6 +198,8 @@ class EgressAddon:
             self._approval_expiry = asyncio.get_running_loop().create_task(
                 self.approvals.run_expiry())
         self.guard.start()
+        if self.runtime is not None:
+            self.runtime.start_shipping()  # audit lines off the host, in a thread of its own
 
     def done(self) -> None:
         self.guard.stop()
@@ -209,7 +216,7 @@ class EgressAddon:
             self._status_watcher.cancel()
             self._status_watcher = None
         if self.runtime is not None:
-            self.runtime.flush_audit(final=True)
+            self.runtime.close()  # summaries, a signed checkpoint, what is left to ship
 
     # -- requests: the gate --------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:

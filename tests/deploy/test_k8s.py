@@ -4,30 +4,61 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from egress.identity import TokenStore
 from egress.policy.load import load_policy_dir
 from tests.deploy.checks import k8s_problems
+from tests.proxy import EGRESS
 
 K8S = Path(__file__).parents[2] / "docker" / "k8s"
 
 
-def load_all() -> list[dict[str, Any]]:
+def listed() -> list[dict[str, Any]]:
+    """What `kubectl apply -k docker/k8s` applies: rendered by kubectl's kustomize when it is
+    installed, else the files the kustomization lists."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
+        out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
     return docs
 
 
+def issue_secrets(data: Path, skill: str) -> list[dict[str, Any]]:
+    out = subprocess.run([EGRESS, "token", "issue", skill, "--data-dir", str(data),
+                          "--k8s-secret"], capture_output=True, text=True, timeout=60, check=True)
+    assert "egr_" not in out.stderr  # the token goes only into the Secret
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
 @pytest.fixture(scope="module")
-def docs() -> list[dict[str, Any]]:
-    return load_all()
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("k8s-state")
+
+
+@pytest.fixture(scope="module")
+def made(state: Path) -> list[dict[str, Any]]:
+    """The token Secrets, made once with `egress token issue --k8s-secret`."""
+    return issue_secrets(state, "weather")
+
+
+@pytest.fixture(scope="module")
+def docs(made: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifests as deployed: the kustomization and the egress-tokens Secret (hashes).
+    The skill's token Secret is left out: it holds a real token, which is what the checks
+    refuse to find in files kept in a repository."""
+    return listed() + [d for d in made if d["metadata"]["name"] == "egress-tokens"]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -58,9 +89,26 @@ def test_configmap_policies_are_valid_egress_policies(docs: list[dict[str, Any]]
     assert sorted(policy.skills) == ["weather"]
 
 
-def test_token_secret_holds_hashes_only(docs: list[dict[str, Any]]) -> None:
-    store = json.loads(find(docs, "Secret", "egress-tokens")["stringData"]["tokens.json"])
-    assert store == {"version": 1, "tokens": {}}
+def test_token_secret_holds_hashes_only(made: list[dict[str, Any]], tmp_path: Path) -> None:
+    text = find(made, "Secret", "egress-tokens")["stringData"]["tokens.json"]
+    token = find(made, "Secret", "weather-skill-token")["stringData"]["token"]
+    assert token.startswith("egr_") and token not in text
+    (tmp_path / "tokens.json").write_text(text)
+    assert TokenStore(tmp_path).verify("weather", token)  # what the replicas mount works
+
+
+def test_reapplying_the_kustomization_never_resets_tokens(state: Path) -> None:
+    """`kubectl apply -k docker/k8s` a second time must not put example tokens back (every
+    skill got 407): the kustomization holds no Secret at all; tokens are made once."""
+    rendered = listed()
+    assert [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"] == []
+    mounted = find(rendered, "Deployment", "egress")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "tokens", "secret": {"secretName": "egress-tokens"}} in mounted
+    # A second skill: egress-tokens then holds both hashes, so applying it keeps the first.
+    second = issue_secrets(state, "news")
+    store = json.loads(find(second, "Secret", "egress-tokens")["stringData"]["tokens.json"])
+    assert sorted(store["tokens"]) == ["news", "weather"]
+    assert find(second, "Secret", "news-skill-token")["metadata"]["namespace"] == "egress"
 
 
 def test_replicas_run_stateless_from_configmap_and_secrets(docs: list[dict[str, Any]]) -> None:
@@ -115,7 +163,9 @@ def _mutate(docs: list[dict[str, Any]], change: str) -> list[dict[str, Any]]:
     elif change == "wrong selector":
         find(docs, "Service", "egress")["spec"]["selector"] = {"app": "nope"}
     elif change == "literal token":
-        find(docs, "Secret", "weather-skill-token")["stringData"]["token"] = "egr_" + "a" * 43
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "weather-skill-token", "namespace": "egress"},
+            "stringData": {"token": "egr_" + "a" * 43}})  # someone commits a token
     return docs
 
 

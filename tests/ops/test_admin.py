@@ -79,6 +79,27 @@ def test_admin_off_loopback_without_a_token_refuses_to_start(tmp_path: Path) -> 
         "set EGRESS_ADMIN_TOKEN or write one to DATA_DIR/admin-token\n")
 
 
+def test_admin_port_taken_says_what_to_do_and_a_start_says_where_admin_listens(
+        tmp_path: Path, ops: OpsWorld) -> None:
+    """The first-day papercut: a second `./run serve` finds 8081 taken."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text("skills: {a: {}}\n")
+    port = free_port()
+    proc = subprocess.run(
+        [EGRESS, "serve", "--policies", str(policies), "--data-dir", str(tmp_path / "data"),
+         "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{ops.admin_port}"],
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert f"egress: --admin 127.0.0.1:{ops.admin_port}: cannot listen (" in proc.stderr
+    assert ("another program (or another egress) listens there: give another port with "
+            "--admin 127.0.0.1:PORT, or run without the admin endpoint with --admin off"
+            ) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The running one said where its admin endpoint is.
+    assert f"admin endpoint on http://127.0.0.1:{ops.admin_port}/" in ops.proxy.log()
+
+
 @pytest.mark.parametrize("host, token, refused", [
     pytest.param("127.0.0.1", None, False, id="loopback without token"),
     pytest.param("::1", None, False, id="IPv6 loopback without token"),

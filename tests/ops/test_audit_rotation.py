@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from egress.audit import AuditRecord, AuditWriter, Rotation
+from egress.audit import AuditRecord, Rotation
+from egress.audit import AuditWriter as _Writer
+from egress.audit.chain import ChainState
 from egress.audit.query import audit_files, follow, read_all
 from tests.fakes import FakeClock
 
@@ -18,7 +21,16 @@ def record(i: int, ts: str = "2025-01-01T00:00:00.000Z") -> AuditRecord:
                        host="h.test", port=443, skill="s", id=f"{i:016d}", ts=ts)
 
 
-LINE = len(record(0).to_json()) + 1
+# Every line also carries the hash chain's fields (egress/audit/chain.py). A chain already at
+# seq 1000 (four digits for every line here) with a full-length digest keeps them one length.
+_CHAIN = ',"seq":1001,"prev":"' + "A" * 43 + '"'
+LINE = len(record(0).to_json()) + len(_CHAIN) + 1
+
+
+def AuditWriter(*args: Any, **kwargs: Any) -> _Writer:  # noqa: N802 -- stands in for the class
+    writer = _Writer(*args, **kwargs)
+    writer.chain = ChainState(1000, "A" * 43)
+    return writer
 
 
 def ids(directory: Path) -> list[int]:
@@ -83,7 +95,7 @@ def test_age_rotation(tmp_path: Path) -> None:
 
 def test_age_of_an_existing_file_comes_from_its_first_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    path.write_text(record(0, ts="2025-01-01T00:00:00.000Z").to_json() + "\n")
+    path.write_text(record(0, ts="2025-01-01T00:00:00.000Z").to_json()[:-1] + _CHAIN + "}\n")
     clock = FakeClock(now=1735689600.0 + 7200)  # 2025-01-01T02:00:00Z
     writer = AuditWriter(path, Rotation(max_age=3600), clock=clock)
     writer.write(record(1))

@@ -18,9 +18,11 @@ from egress.audit.query import Query, group, parse_time
 from egress.cli.main import main
 from tests.proxy import EGRESS
 
-# Ages are relative to when the module's log is written (the `log_dir` fixture resets this),
-# not to when the file was imported: a long suite collects it many minutes before it runs.
+# The log is written relative to NOW and the CLI reads ages ("100m") from the real clock, so
+# NOW is set again when the log is written (log_dir): a full suite reaches this module many
+# minutes after collection, which moved records across the windows tested below.
 NOW = datetime.now(UTC)
+COLLECTED = NOW  # what parameters computed at collection saw
 
 # (minutes ago, skill, decision, reason, host, port, method, path); index = id
 ROWS: list[tuple[int, str | None, str, str, str, int, str | None, str | None]] = [
@@ -92,12 +94,11 @@ def ids_of(stdout: str) -> list[int]:
     pytest.param(["--until", "100m"], [0, 1, 3, 4], id="until an age"),
     pytest.param(["--since", "250m", "--until", "100m"], [1, 3, 4], id="a window"),
     pytest.param(["--skill", "a", "--reason", "host_not_allowed"], [0, 3, 7, 9], id="filters combine"),
-    pytest.param(["--since", "TS(190)"], [3, 4, 5, 6, 7, 8, 9], id="since a time"),
+    pytest.param(["--since", ts(190)], [3, 4, 5, 6, 7, 8, 9], id="since a time"),
     pytest.param(["--skill", "nobody"], [], id="nothing matches"),
 ])
 def test_filters_across_rotated_files(capsys: pytest.CaptureFixture[str], log_dir: Path,
                                       args: list[str], expected: list[int]) -> None:
-    args = [ts(int(a[3:-1])) if a.startswith("TS(") else a for a in args]  # a time, made now
     code, out, _ = run_cli(capsys, log_dir, "--json", *args)
     assert code == 0
     assert ids_of(out) == expected
@@ -204,18 +205,15 @@ def test_follow_prints_new_denials_live(tmp_path: Path) -> None:
     assert lines.empty()
 
 
-_PARSE_NOW = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
-
-
 @pytest.mark.parametrize("text, expected", [
-    pytest.param("90m", _PARSE_NOW - timedelta(minutes=90), id="minutes ago"),
-    pytest.param("1h30m", _PARSE_NOW - timedelta(minutes=90), id="compound age"),
+    pytest.param("90m", COLLECTED - timedelta(minutes=90), id="minutes ago"),
+    pytest.param("1h30m", COLLECTED - timedelta(minutes=90), id="compound age"),
     pytest.param("2025-01-31", datetime(2025, 1, 31, tzinfo=UTC), id="a date is UTC midnight"),
     pytest.param("2025-01-31T12:00:00+02:00", datetime(2025, 1, 31, 10, tzinfo=UTC), id="offset converted"),
     pytest.param("2025-01-31T12:00:00Z", datetime(2025, 1, 31, 12, tzinfo=UTC), id="Z suffix"),
 ])
 def test_parse_time(text: str, expected: datetime) -> None:
-    assert parse_time(text, _PARSE_NOW) == expected
+    assert parse_time(text, COLLECTED) == expected
 
 
 def test_query_and_group_are_pure() -> None:

@@ -98,7 +98,8 @@ def test_audit_rotation_settings(text: str, expected: AuditSettings) -> None:
                                     "as 1d"], id="a list"),
     pytest.param("{rotate: yes}", ["p.yaml:2: settings.audit.rotate: unknown key; expected one "
                                    "of: log_allowed, max_bytes, max_files, max_age, budget, "
-                                   "budget_interval, budget_distinct"], id="unknown"),
+                                   "budget_interval, budget_distinct, ship, spool_max_bytes, "
+                                   "ship_degraded_after"], id="unknown"),
 ])
 def test_audit_setting_errors(text: str, expected: list[str]) -> None:
     assert errors(f"settings:\n  audit: {text}\n") == expected

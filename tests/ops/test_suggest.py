@@ -3,6 +3,7 @@ the skill was seen doing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -90,8 +91,9 @@ def run_suggest(world: OpsWorld, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def check(directory: Path) -> dict[str, Any]:
-    out = subprocess.run([EGRESS, "check", "--json", str(directory)], capture_output=True,
-                         text=True, timeout=30)
+    # --skip-env: a policy with a vault: reference, checked where no VAULT_TOKEN is set
+    out = subprocess.run([EGRESS, "check", "--json", "--skip-env", str(directory)],
+                         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 
@@ -135,3 +137,75 @@ def test_suggest_for_a_skill_never_seen(ops: OpsWorld) -> None:
     assert out.stdout == ""
     assert out.stderr == ("egress: no requests of skill 'nobody' in the audit log; run it with "
                           "`mode: report` first, so egress records what it would refuse\n")
+
+
+MERGE_POLICY = """\
+settings:
+  secrets:
+    vault: {addr: "https://bao.internal:8200", auth: {token_env: VAULT_TOKEN}}
+skills:
+  invoices:
+    mode: report
+    allow:
+      - host: api.stripe.com
+        methods: [GET]
+        paths: ["/v1/invoices/*"]
+        credential: stripe-read
+    credentials:
+      stripe-read:
+        secret: "vault:secret/skills/stripe#api_key"
+        placeholder: "sk_live_egress_placeholder_0000000000000000"
+  other:
+    allow:
+      - host: other.test
+"""
+
+
+def test_merge_keeps_the_current_rules_and_adds_only_what_is_not_allowed(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "skills.yaml").write_text(MERGE_POLICY)
+    data = tmp_path / "data"
+    data.mkdir()
+    seen = [rec("new.example.com", skill="invoices"),
+            rec("api.stripe.com", skill="invoices", reason="path_not_allowed", kind="http"),
+            rec("api.stripe.com", 8443, skill="invoices", reason="port_not_allowed"),
+            rec("elsewhere.test", skill="other")]
+    (data / "audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seen))
+    out = subprocess.run([EGRESS, "policy", "suggest", "invoices", "--merge", "--policies",
+                          str(policies), "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "already allowed (host and port; refused by method or path, or allowed): " \
+           "api.stripe.com:443: not widened" in out.stdout
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "skills.yaml").write_text(out.stdout)
+    before, after = load_policy_dir(policies), load_policy_dir(merged)
+    assert check(merged)["skills"] == 2
+    assert after.skills["other"].rules[0].host == "other.test"  # the rest of the file stays
+    assert after.settings.secrets == before.settings.secrets
+    old, new = before.skills["invoices"], after.skills["invoices"]
+    def same(c: Any) -> Any:
+        return dataclasses.replace(c, source=None)
+
+    # Credentials and all (only where they were written differs).
+    assert {k: same(c) for k, c in old.credentials.items()} == \
+        {k: same(c) for k, c in new.credentials.items()}
+    assert new.mode == old.mode
+    first = new.rules[0]
+    assert (first.host, first.methods, first.paths, first.credential) == (
+        "api.stripe.com", frozenset({"GET"}), ("/v1/invoices/*",), "stripe-read")
+    assert [(r.host, sorted(r.ports)) for r in new.rules[1:]] == [
+        ("api.stripe.com", [8443]), ("new.example.com", [443])]
+    # The path refusal was not widened: /v1/charges is still outside the rules on 443.
+    enforce = load_policy_texts([("p.yaml", out.stdout.replace("mode: report", "mode: enforce"))])
+    assert decide(enforce, "invoices", Destination("api.stripe.com", 443, "GET", "/v1/charges")
+                  ).reason == "path_not_allowed"
+    assert decide(enforce, "invoices", Destination("new.example.com", 443)).allowed
+    # The policy directory itself was only read.
+    assert (policies / "skills.yaml").read_text() == MERGE_POLICY
+    missing = subprocess.run([EGRESS, "policy", "suggest", "nobody", "--merge", "--policies",
+                              str(policies), "--data-dir", str(data)],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "no policy file in" in missing.stderr

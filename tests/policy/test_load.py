@@ -79,7 +79,8 @@ SINGLE_FILE_CASES = [
                  "unknown key; expected one of: allow, deny", id="unknown networks key"),
     pytest.param("settings:\n  audit:\n    log_all: true\n", "p.yaml:3: settings.audit.log_all: "
                  "unknown key; expected one of: log_allowed, max_bytes, max_files, max_age, budget, "
-                 "budget_interval, budget_distinct", id="unknown audit key"),
+                 "budget_interval, budget_distinct, ship, spool_max_bytes, ship_degraded_after",
+                 id="unknown audit key"),
     pytest.param("settings:\n  secrets:\n    vault:\n      addr: http://127.0.0.1:8200\n"
                  "      auth: {token_env: T}\n      adress: x\n",
                  "p.yaml:6: settings.secrets.vault.adress: unknown key; expected one of: "
