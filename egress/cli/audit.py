@@ -105,7 +105,9 @@ def run_verify(args: argparse.Namespace) -> int:
                      f"(--pubkey)")
     if result.unsigned_tail:
         notes.append(f"the last {result.unsigned_tail} lines are after the last verified "
-                     f"signature: protected by the chain only")
+                     f"signature: the chain shows an edit of any but the last of them; an "
+                     f"edit of the last line, or lines cut from the end, show only against "
+                     f"the next checkpoint or a shipped copy")
     if result.anchored:
         notes.append("the first line continues a chain whose start was not given (rotated "
                      "away, or another file)")
