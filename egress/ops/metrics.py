@@ -105,6 +105,8 @@ class Snapshot:
     # open connections have not authenticated yet.
     connection_limits: Mapping[str, float] = field(default_factory=dict)
     unauthenticated_connections: int | None = None
+    open_files: int | None = None  # file descriptors open, against the soft limit:
+    open_files_limit: int | None = None
 
 
 class Metrics:
@@ -236,6 +238,13 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
         yield one("egress_unauthenticated_connections", "gauge",
                   "Open client connections that have not authenticated yet (all addresses).",
                   snap.unauthenticated_connections)
+    if snap.open_files is not None and snap.open_files_limit is not None:
+        yield one("egress_open_files", "gauge",
+                  "File descriptors egress holds open (each client connection one, a "
+                  "passthrough tunnel two).", snap.open_files)
+        yield one("egress_open_files_limit", "gauge",
+                  "The soft RLIMIT_NOFILE (raised to the hard limit at start); accepts fail "
+                  "once egress_open_files reaches it.", snap.open_files_limit)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))
