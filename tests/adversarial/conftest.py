@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import UPSTREAM_IP, TestCA, write_policy
 from tests.dnsserver import DnsServer
-from tests.proxy import Proxy, run_proxy
+from tests.proxy import Proxy, proxy_path, run_proxy  # noqa: F401  (both paths: tests/proxy.py)
+from tests.proxy import generate_paths as pytest_generate_tests  # noqa: F401
 from tests.recording import RecordingUpstream, recording_upstream
 
 NAMES = ["pass.adv.test", "api.adv.test", "plain.adv.test", "other.adv.test", "admin.adv.test"]

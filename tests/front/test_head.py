@@ -23,8 +23,8 @@ from mitmproxy.net.http.http1 import read_request_head
 from mitmproxy.proxy.layers.http import HTTPMode, validate_request
 from mitmproxy.test import tflow
 
-from egress.proxy.front.head import HOSTLESS, HeadError, ProxyHead, ReceiveBuffer, read_head
 from egress.proxy.flows import arrival
+from egress.proxy.front.head import HOSTLESS, HeadError, ProxyHead, ReceiveBuffer, read_head
 from egress.proxy.handover import same_request
 from egress.proxy.header_limit import MAX_HEAD_BYTES
 from egress.reasons import Reason
