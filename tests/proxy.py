@@ -144,9 +144,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 # -- both paths --------------------------------------------------------------------------------
-# tests/e2e and tests/adversarial import these two into their conftest: every module there runs
-# once on the fast path and once with `--front off`, unless it sets ONE_PATH = "why" (it runs no
-# `egress serve`, or only one path applies).
+# tests/conftest.py imports proxy_path (autouse: run_proxy's --front follows it); tests/e2e and
+# tests/adversarial use generate_paths as their pytest_generate_tests: every module there runs
+# once on the fast path and once with `--front off`, unless it sets ONE_PATH = "why" (it runs
+# no `egress serve`). A module-scoped fixture that starts a proxy must take `proxy_path` as an
+# argument, so that pytest starts it again for the second path instead of reusing it.
 
 def generate_paths(metafunc: pytest.Metafunc) -> None:
     if "proxy_path" in metafunc.fixturenames and not getattr(metafunc.module, "ONE_PATH", None):

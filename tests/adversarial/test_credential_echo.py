@@ -125,7 +125,7 @@ class LeakWorld:
 
 
 @pytest.fixture(scope="module")
-def leak(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
+def leak(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
          echo_upstream: EchoUpstream) -> Iterator[LeakWorld]:
     tmp = tmp_path_factory.mktemp("leak")
     key_file = tmp / "key"

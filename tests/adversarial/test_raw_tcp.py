@@ -34,7 +34,7 @@ class RawWorld:
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[RawWorld]:
+def raw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[RawWorld]:
     tmp = tmp_path_factory.mktemp("raw")
     with DnsServer() as dns, recording_upstream(UPSTREAM_IP) as plain, \
             recording_upstream(UPSTREAM_IP, ca=test_ca.ca, names=NAMES) as tls:

@@ -70,7 +70,7 @@ class WsWorld:
 
 
 @pytest.fixture(scope="module")
-def ww(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[WsWorld]:
+def ww(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[WsWorld]:
     tmp = tmp_path_factory.mktemp("ws")
     key_file = tmp / "key"
     key_file.write_text(REAL_KEY + "\n")

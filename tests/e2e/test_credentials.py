@@ -55,7 +55,7 @@ class CredWorld:
 
 
 @pytest.fixture(scope="module")
-def cw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[CredWorld]:
+def cw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[CredWorld]:
     tmp = tmp_path_factory.mktemp("cred")
     key_file = tmp / "files-key"
     key_file.write_text(FILE_KEY + "\n")
