@@ -54,7 +54,15 @@ class StreamResult:
 
 
 def raise_fd_limit(wanted: int) -> None:
+    """Raise this process's open-files limit (the proxies it starts inherit it); as root the
+    hard limit too, so that 10,000 tunnels (two descriptors each in a proxy) fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
+        except (ValueError, OSError):
+            pass  # not root: as far as the hard limit goes
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
@@ -93,7 +101,7 @@ async def _open_tunnel(proxy: str, host: str, port: int, path: str,
 async def _idle(service: Service, proxy: str, host: str, port: int, path: str,
                 headers: dict[str, str], count: int, settle: float) -> IdleResult:
     before = rss_kb(service.pgid) / 1024
-    gate = asyncio.Semaphore(50)
+    gate = asyncio.Semaphore(100)
     problems: list[str] = []
 
     async def one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
