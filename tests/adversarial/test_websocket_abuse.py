@@ -37,6 +37,9 @@ from tests.dnsserver import DnsServer
 from tests.proxy import Proxy, run_proxy
 from tests.wsupstream import WsUpstream, ws_upstream
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both"
+            " paths (this runs on the fast path, which hands it over)")
+
 NAMES = ["wss.ws.test", "bound.ws.test", "plainws.ws.test"]
 REAL_KEY = "ws_REAL_" + os.urandom(12).hex()
 PLACEHOLDER = "ws_placeholder_0000000000000"
