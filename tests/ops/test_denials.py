@@ -19,6 +19,10 @@ from egress.cli.main import main
 from tests.proxy import EGRESS
 
 NOW = datetime.now(UTC)
+# What the log's "minutes ago" count from: re-anchored when the log is written (log_dir), since
+# the CLI's --since/--until count from the real now and a long suite runs this module minutes
+# after it was imported.
+ANCHOR = [NOW]
 
 # (minutes ago, skill, decision, reason, host, port, method, path); index = id
 ROWS: list[tuple[int, str | None, str, str, str, int, str | None, str | None]] = [
@@ -36,7 +40,7 @@ ROWS: list[tuple[int, str | None, str, str, str, int, str | None, str | None]] =
 
 
 def ts(minutes_ago: int) -> str:
-    when = NOW - timedelta(minutes=minutes_ago)
+    when = ANCHOR[0] - timedelta(minutes=minutes_ago)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -50,6 +54,7 @@ def make_record(i: int, row: tuple[Any, ...], stamp: str | None = None) -> Audit
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("denials")
+    ANCHOR[0] = datetime.now(UTC)
     size = len(make_record(0, ROWS[0]).to_json()) + 1
     writer = AuditWriter(directory / "audit.jsonl", Rotation(max_bytes=3 * size, max_files=20))
     for i, row in enumerate(ROWS):
@@ -120,7 +125,7 @@ def test_grouping_table(capsys: pytest.CaptureFixture[str], log_dir: Path) -> No
     _, out, _ = run_cli(capsys, log_dir, "--by", "skill", "--since", "100m")
 
     def at(minutes_ago: int) -> str:
-        return f"{NOW - timedelta(minutes=minutes_ago):%Y-%m-%d %H:%M:%S}"
+        return f"{ANCHOR[0] - timedelta(minutes=minutes_ago):%Y-%m-%d %H:%M:%S}"
 
     # Most first, then by name; the unauthenticated client shows as "-".
     assert out.splitlines() == [
