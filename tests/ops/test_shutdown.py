@@ -20,6 +20,8 @@ def refuses_connections(addr: tuple[str, int]) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # accepted into the backlog as the listener closed: ask again
+        return False
 
 
 def read_until(tls: socket.socket, marker: bytes, buf: bytes = b"", limit: int = 200) -> bytes:
