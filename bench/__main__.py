@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run only this section (repeatable)")
     p.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
     p.add_argument("--tunnels", type=int, default=1000, help="idle tunnels to hold (default 1000)")
+    p.add_argument("--many-tunnels", type=int, default=10_000, metavar="N",
+                   help="concurrent idle tunnels through egress-pass and squid (default 10000; "
+                        "0 skips; needs root or a hard open-files limit above 2N+1024)")
     p.add_argument("--noise-pct", type=float, default=20.0,
                    help="retake a sample when processes outside the benchmark took more than "
                         "this share of the machine's CPU meanwhile (default 20)")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with Supervisor(work) as sup:
             if network:
-                raise_fd_limit(4 * args.tunnels + 1024)
+                raise_fd_limit(4 * max(args.tunnels, args.many_tunnels) + 1024)
                 ca = write_test_ca(work)
                 up = start_nginx(sup, work, ca)
                 egress, mitmdump = find_tools()
@@ -173,10 +176,13 @@ def memory_section(run: Run, names: list[str], args: argparse.Namespace
     """Each measurement on a freshly started contender, so none inherits another's memory."""
     idle: dict[str, IdleResult] = {}
     streams: dict[str, StreamResult] = {}
-    idle_names = ["egress-pass", "egress-mitm"] + ([] if args.quick else
-                                                   ["mitmdump-pass", "mitmdump-mitm", "squid"])
+    idle_names = ["egress-pass", "egress-mitm", "squid"] + ([] if args.quick else
+                                                            ["mitmdump-pass", "mitmdump-mitm",
+                                                             "egress-pass-off"])
     stream_names = ["egress-mitm"] + ([] if args.quick else ["mitmdump-mitm", "egress-pass"])
     jobs = [("idle", n) for n in idle_names] + [("stream", n) for n in stream_names]
+    if args.many_tunnels:
+        jobs += [("many", n) for n in ("egress-pass", "squid")]
     for kind, name in jobs:
         if name not in names:
             continue
@@ -187,10 +193,12 @@ def memory_section(run: Run, names: list[str], args: argparse.Namespace
             continue
         assert c.service is not None and c.proxy is not None
         try:
-            if kind == "idle":
-                log(f"memory: {args.tunnels} idle tunnels through {name}")
-                idle[name] = idle_tunnels(c.service, c.proxy, run.up.host, run.up.https_port,
-                                          "/small", HEADERS, args.tunnels)
+            if kind in ("idle", "many"):
+                count = args.tunnels if kind == "idle" else args.many_tunnels
+                log(f"memory: {count} idle tunnels through {name}")
+                key = name if kind == "idle" else f"{name} ({count:,} at once)"
+                idle[key] = idle_tunnels(c.service, c.proxy, run.up.host, run.up.https_port,
+                                         "/small", HEADERS, count)
             else:
                 log(f"memory: 1 GiB through {name}")
                 streams[name] = stream(c.service, run.up.url("/1g"), c.proxy,

@@ -66,6 +66,11 @@ def start(name: str, sup: Supervisor, work: Path, up: Upstream, tools: Tools, *,
         "egress-pass": lambda: _egress(sup, work, up, tools, intercept=False, credential=False),
         "egress-mitm": lambda: _egress(sup, work, up, tools, intercept=True,
                                        credential=credential),
+        # The same with the fast path off (mitmproxy takes every connection, as before it).
+        "egress-pass-off": lambda: _egress(sup, work, up, tools, intercept=False,
+                                           credential=False, front=False),
+        "egress-mitm-off": lambda: _egress(sup, work, up, tools, intercept=True,
+                                           credential=credential, front=False),
         "kow": lambda: _kow(sup, work, up, tools),
     }
     return starters[name]()
@@ -156,8 +161,8 @@ skills:
 
 
 def _egress(sup: Supervisor, work: Path, up: Upstream, tools: Tools, *, intercept: bool,
-            credential: bool) -> Contender:
-    name = "egress-mitm" if intercept else "egress-pass"
+            credential: bool, front: bool = True) -> Contender:
+    name = ("egress-mitm" if intercept else "egress-pass") + ("" if front else "-off")
     data = work / f"{name}-data"
     token_file = data / "bench-token"
     if not token_file.exists():
@@ -176,6 +181,8 @@ def _egress(sup: Supervisor, work: Path, up: Upstream, tools: Tools, *, intercep
         cmd += ["--admin", f"{LISTEN}:{free_port(LISTEN)}"]  # on, as by default; own port
     if "--drain-seconds" in options:
         cmd += ["--drain-seconds", "1"]  # stopping between workloads need not wait 10 s
+    if not front:
+        cmd += ["--front", "off"]
     service = sup.start(name, cmd, env={"EGRESS_BENCH_SECRET": SECRET}, ready=(LISTEN, port))
     return Contender(name, f"http://{SKILL}:{token}@{LISTEN}:{port}", service,
                      intercepts=intercept, injects=credential,

@@ -22,7 +22,9 @@ __all__ = ["RATIOS", "Table", "figure_tables", "memory_tables", "micro_tables", 
 
 # (egress contender, the one it is compared with)
 RATIOS = (("egress-pass", "mitmdump-pass"), ("egress-mitm", "mitmdump-mitm"),
-          ("egress-pass", "squid"), ("egress-mitm", "kow"))
+          ("egress-pass", "squid"), ("egress-mitm", "kow"),
+          # the fast path against egress with it off (--front off: mitmproxy alone)
+          ("egress-pass", "egress-pass-off"), ("egress-mitm", "egress-mitm-off"))
 
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 

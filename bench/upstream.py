@@ -65,10 +65,11 @@ def _nginx_conf(root: Path, ca: TestCA, https_port: int, http_port: int) -> str:
     return f"""
 {user}
 worker_processes 1;
+worker_rlimit_nofile 65536;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
+events {{ worker_connections 32768; }}
 http {{
     access_log off;
     default_type application/octet-stream;

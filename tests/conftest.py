@@ -19,7 +19,7 @@ import trustme
 from tests.dnsserver import DnsServer
 # Headless Chromium fixture, and the hook that lets it save a screenshot when a test failed.
 from tests.parts.browser import browser, pytest_runtest_makereport  # noqa: F401
-from tests.proxy import Proxy, run_proxy
+from tests.proxy import Proxy, proxy_path, run_proxy  # noqa: F401  (proxy_path: autouse)
 from tests.upstream import Upstream, run_upstream
 
 UPSTREAM_IP = "127.0.0.2"
@@ -68,7 +68,8 @@ def write_policy(directory: Path, text: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[World]:
+def world(proxy_path: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
+          test_ca: TestCA) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("world")
     with DnsServer() as dns, \
             run_upstream(UPSTREAM_IP, ca=test_ca.ca, names=["*.allowed.test", "allowed.test",

@@ -1,8 +1,10 @@
-"""`egress serve`: run the proxy in the foreground (the Master: egress/proxy/master.py).
+"""`egress serve`: run the proxy in the foreground.
 
-Parses the arguments, checks the policy and the admin endpoint before anything listens, then
-hands off to the proxy and its supervisor (egress/ops/supervisor.py). The proxy's imports
-(mitmproxy, aiohttp, dnspython) happen here, when the verb runs, not when the CLI starts.
+Parses the arguments, checks the policy and the admin endpoint before anything listens, raises
+the open-files limit, then hands off to the proxy (egress/proxy/service.py: the fast path with
+mitmproxy behind it, or with `--front off` mitmproxy alone) and its supervisor
+(egress/ops/supervisor.py). The proxy's imports (mitmproxy, aiohttp, dnspython) happen here,
+when the verb runs, not when the CLI starts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def register(sub: Any) -> None:
                         "from $EGRESS_ADMIN_TOKEN or DATA_DIR/admin-token")
     p.add_argument("--drain-seconds", default=10.0, type=float, metavar="S",
                    help="on SIGTERM, how long open connections may finish (default 10)")
+    p.add_argument("--front", default="on", choices=["on", "off"],
+                   help="on (default): egress's fast path takes every connection and hands "
+                        "mitmproxy only what needs it (intercepted hosts, plain HTTP); off: "
+                        "mitmproxy takes every connection, as under mitmdump -s")
     p.add_argument("--audit", default=None, metavar="PATH",
                    help="audit log file, or - for stdout as JSON lines for a log collector "
                         "(default DATA_DIR/audit.jsonl)")
@@ -61,18 +67,22 @@ def run(args: argparse.Namespace) -> int:
         check_admin_bind(admin[0], token)  # before anything listens
     return asyncio.run(serve(args.policies, data_dir(args), host, port, admin=admin,
                              admin_token=token, drain_seconds=args.drain_seconds,
-                             audit=args.audit))
+                             audit=args.audit, front=args.front == "on"))
 
 
 async def serve(policies: Path, data: Path, host: str, port: int, *,
                 admin: tuple[str, int] | None = None, admin_token: str | None = None,
-                drain_seconds: float = 10.0, audit: str | None = None) -> int:
+                drain_seconds: float = 10.0, audit: str | None = None,
+                front: bool = True) -> int:
     import asyncio
 
     from egress.errors import PolicyErrors
+    from egress.ops.fdlimit import raise_nofile_limit
+    from egress.ops.runtime import Runtime
     from egress.ops.supervisor import Supervisor
+    from egress.policy.hosts import listen_addresses
     from egress.policy.load import load_policy_dir
-    from egress.proxy.master import build_master
+    from egress.proxy.deciding import Deciding
 
     try:
         # Fail fast with file:line messages before binding a port; the proxy reuses this load.
@@ -87,22 +97,52 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
 
     for warning in policy_warnings(policy):
         log.warning("policy: %s", warning)  # rules that can never work (see egress check)
+    soft, hard = raise_nofile_limit()  # every tunnel holds two descriptors
+    log.info("open files limit: %d (hard %d)", soft, hard)
+    runtime = Runtime.create(policies, data, self_addresses=listen_addresses(host, port),
+                             audit_path=audit, policy=policy)
+    deciding = Deciding.create(lambda: runtime)
     try:
-        m = build_master(policies, data, host, port, audit=audit, policy=policy)
-    except ConfigError as exc:
+        proxy = await _proxy(runtime, deciding, host, port, audit=audit, front=front)
+    except (ConfigError, OSError) as exc:
         print(f"egress: {exc}", file=sys.stderr)
         return 1
-    ops = Supervisor(m, m.addons.get("egressaddon"), admin=admin, admin_token=admin_token,
-                     drain_seconds=drain_seconds)
+    ops = Supervisor(proxy, admin=admin, admin_token=admin_token, drain_seconds=drain_seconds)
     try:
         await ops.start()  # SIGTERM/SIGINT drain, SIGHUP reloads
     except ConfigError as exc:
         print(f"egress: {exc}", file=sys.stderr)
         await ops.stop()
         return 1
-    log.info("egress listening on %s:%d, policies %s, data %s", host, port, policies, data)
+    log.info("egress listening on %s:%d (%s), policies %s, data %s", host, port,
+             "fast path" if front else "mitmproxy only", policies, data)
     try:
-        await m.run()
+        await proxy.run()
     finally:
         await ops.stop()
     return 0
+
+
+async def _proxy(runtime: Any, deciding: Any, host: str, port: int, *, audit: str | None,
+                 front: bool) -> Any:
+    """The running proxy: the fast path with mitmproxy behind it, or mitmproxy alone."""
+    if not front:
+        from egress.proxy.master import build_master
+        from egress.proxy.service import MitmproxyOnly
+
+        return MitmproxyOnly(build_master(runtime, deciding, host, port, audit=audit),
+                             runtime, deciding)
+    import asyncio
+
+    from egress.proxy.ca import ensure_ca_apart
+    from egress.proxy.service import FastPath
+
+    def build() -> Any:
+        from egress.proxy.master import build_master
+
+        return build_master(runtime, deciding, host, port, audit=audit, listen=False)
+
+    await asyncio.to_thread(ensure_ca_apart, runtime.data_dir)  # `egress ca` names it now
+    proxy = FastPath(runtime, deciding, build)
+    await proxy.start(host, port)
+    return proxy

@@ -2,9 +2,10 @@
 
     GET  /healthz   200 while the process serves: policy digest, last reload, audit errors
     GET  /readyz    200 when a policy is loaded, the token store is readable, the secret
-                    managers (if configured) answer and every credential an enforce-mode rule
-                    needs can be produced (each credential's status, by name); 503 otherwise,
-                    and while draining
+                    managers (if configured) answer, every credential an enforce-mode rule
+                    needs can be produced (each credential's status, by name) and fewer than
+                    90% of the file descriptor limit are in use; 503 otherwise, and while
+                    draining
     GET  /metrics   Prometheus text format (see egress/ops/metrics.py)
     POST /reload    reload the policy now: 200 with the new digest, 422 with the errors
     /ui/, /api/     the operator console and its API: approvals, activity, skills
@@ -41,6 +42,7 @@ from egress.errors import ConfigError
 from egress.ops.approvals import ApprovalBook
 from egress.ops.console import Console
 from egress.ops.credential_health import CredentialHealth, check_credentials
+from egress.ops.fdlimit import file_use
 from egress.ops.metrics import Metrics, ShipStatus, Snapshot
 from egress.ops.reload import Reloader
 from egress.ops.runtime import Runtime
@@ -55,6 +57,7 @@ ADMIN_TOKEN_FILE = "admin-token"
 _MIN_TOKEN = 16
 _PING_TIMEOUT = 3.0
 _PING_CACHE = 2.0  # seconds a secret-manager health answer is reused (probe storms)
+FILES_READY_RATIO = 0.9  # /readyz fails once this share of the descriptor limit is in use
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,7 +120,10 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
     # Every skill of the policy reports 0 rather than vanishing when its last connection closes.
     conns = {"": 0, **dict.fromkeys(rt.policy.skills, 0), **target.open_connections()}
     c = rt.policy.settings.connections
-    guard = getattr(target, "guard", None)
+    counted = getattr(target, "unauthenticated", None)  # the fast path's and mitmproxy's
+    if counted is None and (guard := getattr(target, "guard", None)) is not None:
+        counted = guard.unauthenticated
+    files = file_use()
     return Snapshot(
         connection_limits={
             "request_head_timeout_seconds": c.request_head_timeout,
@@ -126,7 +132,9 @@ def snapshot(target: Operated, reloader: Reloader | None = None) -> Snapshot:
             "clienthello_timeout_seconds": c.clienthello_timeout,
             "max_unauthenticated_per_address": c.max_unauthenticated_per_address,
         },
-        unauthenticated_connections=guard.unauthenticated() if guard is not None else None,
+        unauthenticated_connections=counted() if counted is not None else None,
+        open_files=files.open if files is not None else None,
+        open_files_limit=files.limit if files is not None else None,
         policy_digest=rt.policy.digest, reloads_ok=rt.reloads.ok, reloads_failed=rt.reloads.failed,
         reload_failing=failing, open_connections=conns, secrets=secrets,
         audit_lines=rt.audit.lines_written, audit_write_errors=rt.audit.write_errors,
@@ -298,6 +306,12 @@ class AdminServer:
                 checks["secrets"] = {"ok": await self._secret_backend_ok(rt)}
             if any(s.credentials for s in rt.policy.skills.values()):
                 checks["credentials"] = await self._credentials(rt)
+        files = file_use()
+        if files is not None:
+            # Not ready when fewer than a tenth of the descriptors are left: new tunnels would
+            # soon fail with EMFILE; a balancer should send them elsewhere.
+            checks["files"] = {"ok": files.ratio < FILES_READY_RATIO, "open": files.open,
+                               "limit": files.limit}
         if self.reloader.failing and self.reloader.last is not None:
             # Still ready: the running policy is valid. Shown so a bad edit is not missed.
             checks["policy"]["reload_errors"] = list(self.reloader.last.errors)

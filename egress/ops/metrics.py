@@ -125,6 +125,8 @@ class Snapshot:
     oauth_grants: Mapping[str, int] = field(default_factory=dict)  # tokens minted by grant
     shipping: tuple[ShipStatus, ...] = ()
     spool_errors: int = 0  # lines that could not be appended to the spool (disk full)
+    open_files: int | None = None  # file descriptors open, against the soft limit:
+    open_files_limit: int | None = None
 
 
 class Metrics:
@@ -278,6 +280,13 @@ def _snapshot_families(snap: Snapshot) -> Iterable[_Family]:
         yield grants
     if snap.shipping:
         yield from _shipping_families(snap)
+    if snap.open_files is not None and snap.open_files_limit is not None:
+        yield one("egress_open_files", "gauge",
+                  "File descriptors egress holds open (each client connection one, a "
+                  "passthrough tunnel two).", snap.open_files)
+        yield one("egress_open_files_limit", "gauge",
+                  "The soft RLIMIT_NOFILE (raised to the hard limit at start); accepts fail "
+                  "once egress_open_files reaches it.", snap.open_files_limit)
     yield one("egress_token_store_ok", "gauge",
               "0 while tokens.json is unreadable (every skill is refused until it is fixed).",
               int(snap.token_store_ok))

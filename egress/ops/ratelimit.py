@@ -135,6 +135,17 @@ class RateLimiter:
             if self._open[key] <= 0:
                 del self._open[key]
 
+    def rekey(self, old: Hashable, new: Hashable) -> None:
+        """A client connection changes hands (the fast path gives it to mitmproxy, which
+        knows it by another key): its slots go along, counted once."""
+        moved = self._held.pop(old, None)
+        if not moved:
+            return
+        held = self._held.setdefault(new, set())
+        for key in moved & held:  # already held under the new key: give the extra back
+            self._open[key] -= 1
+        held |= moved
+
     def open_connections(self, skill: str) -> int:
         return self._open.get(("skill", skill), 0)
 

@@ -17,38 +17,50 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import Protocol
 
-from egress.ops.admin import AdminServer
+from egress.ops.admin import AdminServer, Operated
 from egress.ops.adminfile import remove_admin_record, write_admin_record
 from egress.ops.notify import Notifier
 from egress.ops.reload import Reloader
 from egress.policy.hosts import parse_ip_literal
 from egress.policy.model import ApprovalNotify
 
-__all__ = ["Supervisor"]
+__all__ = ["Served", "Supervisor"]
 
 log = logging.getLogger("egress")
 
 _DRAIN_POLL = 0.1
 
 
+class Served(Operated, Protocol):
+    """The running proxy as the supervisor drives it (egress/proxy/service.py: the fast path
+    with mitmproxy behind it, or mitmproxy alone)."""
+
+    async def stop_accepting(self) -> None: ...
+
+    def connection_count(self) -> int: ...
+
+    def shutdown(self) -> None:
+        """Stop now: open connections end and the proxy's run returns."""
+
+
 class Supervisor:
-    def __init__(self, master: Any, addon: Any, *, admin: tuple[str, int] | None,
+    def __init__(self, proxy: Served, *, admin: tuple[str, int] | None,
                  admin_token: str | None = None, drain_seconds: float = 10.0,
                  watch_interval: float = 1.0) -> None:
-        """`master`: the mitmproxy Master; `addon`: its EgressAddon. No I/O here."""
-        self.master, self.addon = master, addon
+        """`proxy`: what runs the traffic. No I/O here."""
+        self.proxy = proxy
         self.admin_address = admin
         self.drain_seconds = drain_seconds
-        self.reloader = Reloader(lambda: addon.runtime, interval=watch_interval)
-        self.admin = (AdminServer(addon, self.reloader, host=admin[0], port=admin[1],
+        self.reloader = Reloader(lambda: proxy.runtime, interval=watch_interval)
+        self.admin = (AdminServer(proxy, self.reloader, host=admin[0], port=admin[1],
                                   token=admin_token, draining=lambda: self.draining)
                       if admin is not None else None)
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
         self.notifier: Notifier | None = None
-        approvals = getattr(addon, "approvals", None)
+        approvals = getattr(proxy, "approvals", None)
         if self.admin is not None and approvals is not None:
             admin_server = self.admin
             self.notifier = Notifier(self._notify_settings, admin_server.console_url)
@@ -57,14 +69,14 @@ class Supervisor:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.reloader.start(loop)
-        runtime = getattr(self.addon, "runtime", None)
+        runtime = self.proxy.runtime
         if self.admin is None and runtime is not None and any(
                 r.approval is not None for s in runtime.policy.skills.values() for r in s.rules):
             log.warning("approval rules with --admin off: nobody can approve, so those "
                         "requests are refused (503 approval_unavailable)")
         if self.admin is not None:
             await self.admin.start()
-            runtime = getattr(self.addon, "runtime", None)
+            runtime = self.proxy.runtime
             address = parse_ip_literal(self.admin_address[0]) if self.admin_address else None
             if runtime is not None and address is not None and self.admin_address:
                 runtime.add_self_address(address, self.admin_address[1])  # loop protection
@@ -77,25 +89,24 @@ class Supervisor:
     def on_stop_signal(self, sig: int = signal.SIGTERM) -> None:
         if self.draining:
             log.warning("%s again: stopping now", signal.Signals(sig).name)
-            self.master.shutdown()
+            self.proxy.shutdown()
             return
         self.draining = True
         self._drain_task = asyncio.get_running_loop().create_task(self.drain(sig))
 
     async def drain(self, sig: int = signal.SIGTERM) -> None:
         """Stop listening, wait for open connections (at most drain_seconds), stop the proxy."""
-        proxyserver = self.master.addons.get("proxyserver")
+        proxy = self.proxy
         try:
-            if proxyserver is not None:
-                await proxyserver.servers.update([])  # closes the listening sockets only
-            open_now = self._open_connections(proxyserver)
+            await proxy.stop_accepting()  # closes the listening sockets only
+            open_now = proxy.connection_count()
             log.info("%s: no longer accepting connections; waiting up to %gs for %d open",
                      signal.Signals(sig).name, self.drain_seconds, open_now)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.drain_seconds
-            while self._open_connections(proxyserver) and loop.time() < deadline:
+            while proxy.connection_count() and loop.time() < deadline:
                 await asyncio.sleep(_DRAIN_POLL)
-            left = self._open_connections(proxyserver)
+            left = proxy.connection_count()
             if left:
                 log.warning("drain timeout: closing %d connections still open", left)
             else:
@@ -103,14 +114,14 @@ class Supervisor:
         except Exception:
             log.exception("error while draining; stopping now")
         finally:
-            self.master.shutdown()
+            proxy.shutdown()
 
     async def stop(self) -> None:
         """After the proxy stopped: admin endpoint, watcher, audit log."""
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 await self.admin.stop()
-            runtime = getattr(self.addon, "runtime", None)
+            runtime = self.proxy.runtime
             if runtime is not None:
                 remove_admin_record(runtime.data_dir)
         if self.notifier is not None:
@@ -121,16 +132,12 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-        runtime = self.addon.runtime
+        runtime = self.proxy.runtime
         if runtime is not None:
             # Summaries of folded denials and a signed checkpoint (if `done` did not), then
             # what is left to ship; each line is already written with os.write.
             runtime.close()
 
     def _notify_settings(self) -> ApprovalNotify:
-        runtime = getattr(self.addon, "runtime", None)
+        runtime = self.proxy.runtime
         return runtime.policy.settings.approvals.notify if runtime is not None else ApprovalNotify()
-
-    @staticmethod
-    def _open_connections(proxyserver: Any) -> int:
-        return len(proxyserver.connections) if proxyserver is not None else 0

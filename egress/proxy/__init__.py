@@ -19,6 +19,14 @@
     connclose.py      a connection egress closes is closed, socket and all
     ca.py             egress's CA (DATA_DIR/ca)
     master.py         the lean mitmproxy Master of `egress serve`
+    front/            the fast path: egress's own listener; refusals and passthrough relays
+                      without mitmproxy, the rest handed over (see its docstring)
+    service.py        the running proxy as the supervisor drives it (fast path or mitmproxy)
+    engine.py         mitmproxy behind the fast path: started when needed, fed connections
+    handover.py       a handed-over connection's admission, and the check it was read alike
+    deciding.py       one gate, recorder, metrics and rate limiter shared by both paths
+    sniff.py          a tunnel's first bytes: ClientHello (and SNI), request line (pure)
+    timeouts.py       which connection limit a connection broke (pure, both paths)
 
 What it may import: mitmproxy, ops (metrics, rate limits, the runtime), the adapters
 (netguard, secrets, credentials, audit, identity) and the policy core. Nothing imports it but

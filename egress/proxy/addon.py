@@ -20,7 +20,6 @@ for every refusal the wire itself produces (handshakes, timeouts, messages, bodi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import weakref
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from mitmproxy import connection, ctx, http, tls
 from mitmproxy.exceptions import AddonHalt, OptionsError
 from mitmproxy.proxy import layer, server_hooks
 
-from egress.audit.records import AuditRecord, new_request_id
+from egress.audit.records import new_request_id
 from egress.credentials.broker import Injected
 from egress.errors import PolicyErrors
 from egress.ops.approvals import ApprovalBook
@@ -47,11 +46,12 @@ from egress.proxy.bodies import carried_in_body, install_response_guard, request
 from egress.proxy.ca import ca_dir, ensure_ca
 from egress.proxy.connections import ConnectionTracker
 from egress.proxy.connguard import ConnectionGuard
+from egress.proxy.deciding import Deciding
 from egress.proxy.flows import arrival, peer_address, request_line, requested_destination, response
-from egress.proxy.gate import Admitted, Arrival, Gate, Refused
+from egress.proxy.gate import Admitted, Arrival, Refused
+from egress.proxy.handover import Handover, same_request
 from egress.proxy.layers import ClosingLayer, LayerChooser, Refusal
 from egress.proxy.protocol_audit import ProtocolErrorAudit, install_hostless_log, mitmproxy_refusal
-from egress.proxy.record import Recorder
 from egress.proxy.tunnels import Tunnel, sni_matches
 from egress.proxy.upgrades import switch_refusal
 from egress.proxy.websocket import WebSocketGuard
@@ -65,8 +65,13 @@ log = logging.getLogger("egress")
 
 class EgressAddon:
     def __init__(self, runtime: Runtime | None = None, *,
-                 preloaded: tuple[str, PolicySet] | None = None) -> None:
+                 preloaded: tuple[str, PolicySet] | None = None,
+                 deciding: Deciding | None = None) -> None:
+        """`runtime` and `deciding`: given by `egress serve`, which shares them with the fast
+        path (egress/proxy/front/); under mitmdump the addon builds both from its options."""
         self.runtime = runtime
+        self._given = runtime is not None
+        self._upstream_hooked = False  # (given runtime) upstream_ca staged, reload hook set
         # (directory, its policy) already loaded by `egress serve`, used by the first configure.
         self._preloaded = preloaded
         # Per client connection (as mitmproxy's proxyauth): its CONNECT, its skill.
@@ -80,14 +85,18 @@ class EgressAddon:
         # Flows whose body is buffered to be signed (AWS, no x-amz-content-sha256).
         self._buffered: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Arrival, Admitted]] = (
             weakref.WeakKeyDictionary())
+        # Connections the fast path handed over, with the admission it made.
+        self._handovers: weakref.WeakKeyDictionary[connection.Client, Handover] = (
+            weakref.WeakKeyDictionary())
         self._protocol_audit: ProtocolErrorAudit | None = None
         self._upstream_ca: str | None = None  # the CA file egress gave mitmproxy
         self._audit_flusher: asyncio.Task[None] | None = None
         self._status_watcher: asyncio.Task[None] | None = None
-        self.metrics = Metrics()
-        self.limiter = RateLimiter()
-        self.gate = Gate(lambda: self.runtime, self.limiter, self.metrics)
-        self.recorder = Recorder(lambda: self.runtime, self.metrics, self.limiter)
+        deciding = deciding or Deciding.create(lambda: self.runtime)
+        self.metrics: Metrics = deciding.metrics
+        self.limiter: RateLimiter = deciding.limiter
+        self.gate = deciding.gate
+        self.recorder = deciding.recorder
         self.connections = ConnectionTracker(self.metrics, self.limiter, self._skills.get)
         # The protocol envelope: egress picks each tunnel's layer; slow or idle connections end.
         self._layers = LayerChooser()
@@ -98,8 +107,7 @@ class EgressAddon:
                                           self.gate.credentials, self.recorder)
         # Requests an approval rule covers wait for a person (egress/proxy/approval_hold.py);
         # the admin endpoint (egress serve) is where people decide.
-        self.approvals = ApprovalBook(record=self._record_approval_step,
-                                      max_pending=self._max_pending_approvals)
+        self.approvals: ApprovalBook = deciding.approvals
         self._hold = ApprovalHold(self.approvals, self.recorder, lambda: self.runtime,
                                   self._known_secrets)
         self._approval_expiry: asyncio.Task[None] | None = None
@@ -128,6 +136,13 @@ class EgressAddon:
             # No raw relay on mitmproxy's guess (after a 101, or for bytes that look like no
             # HTTP); egress picks tunnel layers itself and relays raw TCP only where a rule says.
             ctx.options.update(rawtcp=False)
+        if self._given:
+            # `egress serve` built the runtime and set the options (egress/proxy/master.py);
+            # upstream_ca is staged here once, and again on every reload (the settings hook).
+            if self.runtime is not None and not self._upstream_hooked:
+                self._upstream_hooked = True
+                self._take_upstream_ca()
+            return
         if self.runtime is not None and not (
                 {"egress_policies", "egress_data_dir", "egress_audit"} & updated):
             return
@@ -157,16 +172,22 @@ class EgressAddon:
             # Intercepted hosts are signed by egress's CA (`egress ca` prints its path).
             ensure_ca(self.runtime.data_dir)
             updates["confdir"] = str(ca_dir(self.runtime.data_dir))
+        if updates:
+            ctx.options.update(**updates)
+        self._take_upstream_ca()
+
+    def _take_upstream_ca(self) -> None:
+        """mitmproxy verifies upstream TLS with settings.upstream_ca (a staged copy), now and
+        after every reload."""
+        assert self.runtime is not None
         try:
             upstream_ca = staged_copy(self.runtime.data_dir,
                                       self.runtime.policy.settings.upstream_ca)
         except ValueError as exc:
             raise OptionsError(f"settings.upstream_ca: {exc}") from exc
         if upstream_ca and ctx.options.ssl_verify_upstream_trusted_ca != upstream_ca:
-            updates["ssl_verify_upstream_trusted_ca"] = upstream_ca
             self._upstream_ca = upstream_ca
-        if updates:
-            ctx.options.update(**updates)
+            ctx.options.update(ssl_verify_upstream_trusted_ca=upstream_ca)
         self.runtime.settings_hooks.append(self._upstream_ca_hook)
 
     def _upstream_ca_hook(self, new: PolicySet) -> Callable[[], None]:
@@ -188,7 +209,8 @@ class EgressAddon:
         if self._protocol_audit is None:
             self._protocol_audit = ProtocolErrorAudit(self.recorder, self._describe_peer)
             self._protocol_audit.install()
-        if self._audit_flusher is None:  # summaries of folded denials, on their interval
+        if self._audit_flusher is None and not self._given:  # (else `egress serve` runs it)
+            # summaries of folded denials, on their interval
             self._audit_flusher = asyncio.get_running_loop().create_task(
                 flush_audit_periodically(lambda: self.runtime))
         if self._status_watcher is None:  # secrets' ages for /metrics
@@ -225,6 +247,11 @@ class EgressAddon:
             return  # another addon answered
         try:
             what = arrival(flow, "connect", proxy_authorization=self._pop_auth(flow))
+            handover = self._handovers.pop(flow.client_conn, None)
+            if handover is not None:  # the fast path decided (egress/proxy/handover.py)
+                await self._apply(flow, what, self._handed_over(handover, what),
+                                  record=not handover.recorded)
+                return
             await self._apply(flow, what, await self.gate.admit(what))
         except Exception:
             self._fail_closed(flow)
@@ -247,13 +274,33 @@ class EgressAddon:
                 verified_tls=(tunnel is not None and client.tls_established
                               and not ctx.options.ssl_insecure),
                 websocket_enabled=ctx.options.websocket)
-            await self._apply(flow, what, await self.gate.admit(what))
+            handover = self._handovers.pop(client, None)
+            outcome = (self._handed_over(handover, what) if handover is not None
+                       else await self.gate.admit(what))
+            await self._apply(flow, what, outcome)
         except Exception:
             self._fail_closed(flow)
 
+    def adopt(self, client: connection.Client, handover: Handover) -> None:
+        """The fast path hands `client` over; its first request was decided already."""
+        self._handovers[client] = handover
+        self._skills[client] = handover.admitted.skill
+
+    @staticmethod
+    def _handed_over(handover: Handover, what: Arrival) -> Admitted | Refused:
+        """The fast path's admission, if mitmproxy read the request as it did."""
+        if same_request(handover.arrival, what):
+            return handover.admitted
+        log.error("egress: the fast path and mitmproxy read a request differently; refusing it")
+        admitted = handover.admitted
+        return Refused(Reason.BAD_REQUEST, "the fast path and mitmproxy read this request "
+                       "differently", admitted.skill, admitted.dest, admitted.request_id,
+                       counted=True)
+
     async def _apply(self, flow: http.HTTPFlow, what: Arrival,
-                     outcome: Admitted | Refused) -> None:
-        """THE place a gate's answer reaches the wire."""
+                     outcome: Admitted | Refused, *, record: bool = True) -> None:
+        """THE place a gate's answer reaches the wire. `record`: False when the fast path
+        recorded the admission already."""
         client = flow.client_conn
         if outcome.skill is not None and what.kind != "tunnelled":
             self._skills[client] = outcome.skill  # authenticated, whatever comes next
@@ -295,7 +342,8 @@ class EgressAddon:
                 self._buffered[flow] = (what, outcome)
             else:
                 req.stream = self._request_stream(flow, what, outcome)  # type: ignore[assignment]
-        self.recorder.allowed(what, outcome, resolved)
+        if record:
+            self.recorder.allowed(what, outcome, resolved)
 
     def _request_stream(self, flow: http.HTTPFlow, what: Arrival, admitted: Admitted) -> object:
         """True, or a scanner when the body must not carry credentials bound elsewhere."""
@@ -343,13 +391,6 @@ class EgressAddon:
             flow.request.path = target
         except Exception:
             self._fail_closed(flow)
-
-    def _record_approval_step(self, record: AuditRecord) -> None:
-        if self.runtime is not None:
-            self.runtime.record(dataclasses.replace(record, policy=self.runtime.policy.digest))
-
-    def _max_pending_approvals(self) -> int:
-        return self._hold.settings().max_pending
 
     def _known_secrets(self, skill: str) -> list[str]:
         """Placeholders of the skill's credentials and the real keys fetched for it."""
@@ -462,7 +503,8 @@ class EgressAddon:
 
     # -- connections and tunnels ---------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
-        if (refused := self.guard.connected(client)) is not None:
+        if (refused := self.guard.connected(
+                client, authenticated=client in self._handovers)) is not None:
             client.error = f"egress: {refused}"  # mitmproxy closes it before reading a byte
             self.recorder.denied(refused, kind="connection", skill=None, host="", port=0,
                                  client=peer_address(client),

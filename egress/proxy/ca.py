@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CA_BASENAME", "ca_dir", "ensure_bundle", "ensure_ca"]
+__all__ = ["CA_BASENAME", "ca_dir", "ensure_bundle", "ensure_ca", "ensure_ca_apart"]
 
 CA_BASENAME = "mitmproxy"  # mitmproxy's TlsConfig looks for this name in its confdir
 
@@ -26,6 +26,21 @@ def ensure_ca(base: Path) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     certs.CertStore.from_store(directory, CA_BASENAME, 2048)
     return directory / f"{CA_BASENAME}-ca-cert.pem"
+
+
+def ensure_ca_apart(base: Path) -> Path:
+    """ensure_ca, in a child process when the CA does not exist yet: creating it loads
+    cryptography and mitmproxy's certificate store (~20 MB), which `egress serve` keeps out of
+    its own memory until mitmproxy is needed (egress/proxy/engine.py)."""
+    cert = ca_dir(base) / f"{CA_BASENAME}-ca-cert.pem"
+    if (ca_dir(base) / f"{CA_BASENAME}-ca.pem").is_file() and cert.is_file():
+        return cert
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "egress.proxy.ca", str(base)], check=True,
+                   timeout=120, stdout=subprocess.DEVNULL)
+    return cert
 
 
 def ensure_bundle(base: Path) -> Path:
@@ -46,3 +61,9 @@ def ensure_bundle(base: Path) -> Path:
     tmp.write_text("\n".join(p.rstrip("\n") for p in parts) + "\n")
     tmp.replace(bundle)
     return bundle
+
+
+if __name__ == "__main__":  # `python -m egress.proxy.ca DATA_DIR`: ensure_ca_apart's child
+    import sys
+
+    print(ensure_ca(Path(sys.argv[1])))

@@ -33,13 +33,13 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from mitmproxy import connection
 from mitmproxy.proxy import events, layer
 
 from egress.policy.model import ConnectionSettings
+from egress.proxy.timeouts import Watch, expired
 from egress.reasons import Reason
 
 __all__ = ["ActivityLayer", "ConnectionGuard", "LayerKind", "expired"]
@@ -48,42 +48,6 @@ log = logging.getLogger("egress")
 
 # What a tunnel's layer turned out to be, as far as the head clock cares.
 LayerKind = Literal["http1", "relay", "tls"]
-
-
-@dataclass
-class Watch:
-    """One client connection's clocks (time.monotonic())."""
-
-    peer_ip: str
-    last_data: float  # any bytes, either direction (connect time until the first)
-    awaiting_head: bool = True  # an HTTP/1 request head may start with the next client bytes
-    head_started: float | None = None  # first byte of the head being read
-    relay: bool = False  # TCP relay, HTTP/2 or WebSocket: no request heads to time
-    authenticated: bool = False
-    closing: bool = False  # egress already closed it (and audited that)
-
-
-def expired(watch: Watch, settings: ConnectionSettings, now: float,
-            pending: tuple[float, str] | None) -> tuple[Reason, str] | None:
-    """Which limit an open connection broke, if any (pure: the sweeper's rule table).
-    `pending`: (since, "clienthello" | "request line") when its tunnel waits for bytes."""
-    if pending is not None:
-        since, waiting_for = pending
-        limit = (settings.clienthello_timeout if waiting_for == "clienthello"
-                 else settings.request_head_timeout)
-        if now - since > limit:
-            reason = (Reason.CLIENTHELLO_TIMEOUT if waiting_for == "clienthello"
-                      else Reason.REQUEST_HEAD_TIMEOUT)
-            return reason, f"tunnel's {waiting_for} unfinished after {limit:g}s"
-    if watch.head_started is not None and now - watch.head_started > settings.request_head_timeout:
-        return (Reason.REQUEST_HEAD_TIMEOUT,
-                f"request head unfinished after {settings.request_head_timeout:g}s")
-    idle = now - watch.last_data
-    if not watch.authenticated and idle > settings.idle_before_auth:
-        return Reason.AUTH_TIMEOUT, f"no data and no authentication for {settings.idle_before_auth:g}s"
-    if watch.authenticated and idle > settings.idle_timeout:
-        return Reason.IDLE_TIMEOUT, f"no data for {settings.idle_timeout:g}s"
-    return None
 
 
 class ActivityLayer:
@@ -151,13 +115,16 @@ class ConnectionGuard:
             self._task = None
 
     # -- events from the addon's hooks -----------------------------------------------------
-    def connected(self, client: connection.Client) -> Reason | None:
-        """Watch a new connection; UNAUTHENTICATED_LIMIT if it must be refused at once."""
+    def connected(self, client: connection.Client, *,
+                  authenticated: bool = False) -> Reason | None:
+        """Watch a new connection; UNAUTHENTICATED_LIMIT if it must be refused at once.
+        `authenticated`: handed over by the fast path, which authenticated it already."""
         settings = self._settings()
         peer_ip = str(client.peername[0]) if client.peername else ""
-        if self._unauthenticated[peer_ip] >= settings.max_unauthenticated_per_address:
+        if (not authenticated
+                and self._unauthenticated[peer_ip] >= settings.max_unauthenticated_per_address):
             return Reason.UNAUTHENTICATED_LIMIT
-        watch = Watch(peer_ip, self._clock())
+        watch = Watch(peer_ip, self._clock(), authenticated=authenticated)
         handler = self._handler(client)
         if handler is None or not hasattr(handler, "transports"):
             if not self._warned:  # mitmproxy changed shape: say so loudly, once
@@ -167,7 +134,8 @@ class ConnectionGuard:
             return None
         self._watches[client] = watch
         self._by_peer[client.peername] = client
-        self._unauthenticated[peer_ip] += 1
+        if not authenticated:
+            self._unauthenticated[peer_ip] += 1
         handler.layer = ActivityLayer(handler.layer, client, watch)
         # mitmproxy's own inactivity timeout closes without an audit line: keep it later.
         watchdog = getattr(handler, "timeout_watchdog", None)

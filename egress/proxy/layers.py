@@ -4,7 +4,8 @@ mitmproxy's NextLayer addon guesses a connection's protocol from whatever bytes 
 Given the first byte of a ClientHello alone, or `POS` without the rest of its request line,
 it guessed "raw TCP" and relayed everything after unjudged: no SNI check, no interception, no
 request checks. So for a connection with an approved CONNECT, egress chooses the layer itself
-and waits, bounded in bytes (here) and time (egress/proxy/connguard.py), for bytes that prove it:
+and waits, bounded in bytes (egress/proxy/sniff.py, shared with the fast path) and time
+(egress/proxy/connguard.py), for bytes that prove it:
 
     position                 bytes / ALPN                          layer
     tunnel start             complete ClientHello, SNI == host     passthrough (TCP, ignored)
@@ -26,7 +27,6 @@ asks again when more data arrives (mitmproxy/proxy/layer.py, NextLayer._ask).
 from __future__ import annotations
 
 import logging
-import re
 import time
 import weakref
 from collections.abc import Generator
@@ -37,10 +37,15 @@ from mitmproxy import connection
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import ClientTLSLayer, HttpLayer, ServerTLSLayer, TCPLayer
 from mitmproxy.proxy.layers.http import HTTPMode, HttpStream
-from mitmproxy.proxy.layers.tls import parse_client_hello
-from mitmproxy.tls import ClientHello
 
 from egress.audit.records import AuditKind
+from egress.proxy.sniff import (
+    MAX_CLIENTHELLO_BYTES,
+    MAX_REQUEST_LINE_BYTES,
+    Sniffed,
+    request_line,
+    sniff,
+)
 from egress.proxy.tunnels import Tunnel, sni_matches
 from egress.reasons import Reason
 
@@ -49,79 +54,7 @@ __all__ = ["MAX_CLIENTHELLO_BYTES", "MAX_REQUEST_LINE_BYTES", "ClosingLayer", "L
 
 log = logging.getLogger("egress")
 
-MAX_CLIENTHELLO_BYTES = 64 * 1024  # real ClientHellos are 0.5-2 KiB (post-quantum shares: ~2)
-MAX_REQUEST_LINE_BYTES = 8 * 1024  # as nginx's default large_client_header_buffers line
 _HTTP_ALPNS = (b"h2", b"http/1.1", b"http/1.0")
-_TCHAR = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}\Z")
-_TARGET = re.compile(rb"[\x21-\x7e]+\Z")  # visible ASCII, no space
-_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
-
-
-# -- pure: what the bytes are ------------------------------------------------------------------
-
-LineState = Literal["complete", "partial", "invalid"]
-
-
-def request_line(data: bytes) -> LineState:
-    """Whether `data` starts with an HTTP/1 request line: `METHOD SP target SP HTTP/1.x CRLF`.
-
-    "partial" while every byte so far could still become one (so a client that sends `POS`,
-    pauses, then `T /x HTTP/1.1` is waited for), "invalid" as soon as one cannot.
-    """
-    end = data.find(b"\n", 0, MAX_REQUEST_LINE_BYTES + 1)
-    complete = end != -1
-    line = data[:end] if complete else data[:MAX_REQUEST_LINE_BYTES + 1]
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if len(line) > MAX_REQUEST_LINE_BYTES:
-        return "invalid"
-    parts = line.split(b" ")
-    if len(parts) > 3 or any(not p for p in parts[:-1]):
-        return "invalid"
-    method = parts[0]
-    if method and not _TCHAR.match(method):
-        return "invalid"
-    if len(parts) >= 2 and parts[1] and not _TARGET.match(parts[1]):
-        return "invalid"
-    if len(parts) == 3 and not any(v.startswith(parts[2]) for v in _VERSIONS):
-        return "invalid"
-    if not complete:
-        return "partial"
-    return "complete" if len(parts) == 3 and parts[2] in _VERSIONS else "invalid"
-
-
-@dataclass(frozen=True)
-class Sniffed:
-    """What a tunnel's first bytes are. `what`: tls (hello set), http1, wait_tls, wait_http,
-    bad_tls (starts like TLS but is no ClientHello) or other."""
-
-    what: Literal["tls", "http1", "wait_tls", "wait_http", "bad_tls", "other"]
-    hello: ClientHello | None = None
-
-
-def _could_be_tls(data: bytes) -> bool:
-    """The bytes so far are a prefix of a TLS handshake record (type 22, version 3.x)."""
-    return (data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
-            and (len(data) < 3 or data[2] <= 0x03))
-
-
-def sniff(data: bytes) -> Sniffed:
-    if not data:
-        return Sniffed("wait_http")
-    if _could_be_tls(data):
-        if len(data) < 3:
-            return Sniffed("wait_tls")
-        try:
-            hello = parse_client_hello(data)
-        except ValueError:
-            return Sniffed("bad_tls")
-        if hello is None:
-            return Sniffed("bad_tls" if len(data) > MAX_CLIENTHELLO_BYTES else "wait_tls")
-        return Sniffed("tls", hello)
-    state = request_line(data)
-    if state == "complete":
-        return Sniffed("http1")
-    return Sniffed("wait_http" if state == "partial" else "other")
 
 
 # -- mitmproxy glue --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import UPSTREAM_IP, TestCA, write_policy
 from tests.dnsserver import DnsServer
 from tests.proxy import Proxy, run_proxy
+from tests.proxy import generate_paths as pytest_generate_tests  # noqa: F401  (both paths)
 from tests.recording import RecordingUpstream, recording_upstream
 
 NAMES = ["pass.adv.test", "api.adv.test", "plain.adv.test", "other.adv.test", "admin.adv.test"]
@@ -50,7 +51,7 @@ class AdvWorld:
 
 
 @pytest.fixture(scope="module")
-def adv(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[AdvWorld]:
+def adv(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[AdvWorld]:
     tmp = tmp_path_factory.mktemp("adv")
     key_file = tmp / "key"
     key_file.write_text(REAL_KEY + "\n")

@@ -49,7 +49,7 @@ class FloodWorld:
 
 
 @pytest.fixture(scope="module")
-def flood(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FloodWorld]:
+def flood(proxy_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FloodWorld]:
     tmp = tmp_path_factory.mktemp("flood")
     with DnsServer() as dns, recording_upstream(UPSTREAM_IP) as plain:
         for name in NAMES:

@@ -36,6 +36,9 @@ from tests.proxy import Proxy, run_proxy
 from tests.recording import RecordingUpstream, recording_upstream
 from tests.upstream import free_port
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both"
+            " paths (this runs on the fast path, which hands it over)")
+
 KEY = "leak_REAL_" + os.urandom(12).hex()
 PH = "leak_placeholder_0000000000"
 PAUSE = 0.4
@@ -125,7 +128,7 @@ class LeakWorld:
 
 
 @pytest.fixture(scope="module")
-def leak(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
+def leak(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
          echo_upstream: EchoUpstream) -> Iterator[LeakWorld]:
     tmp = tmp_path_factory.mktemp("leak")
     key_file = tmp / "key"

@@ -28,7 +28,7 @@ from tests.conftest import TestCA
 
 
 @pytest.fixture(scope="module")
-def rw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[ReqWorld]:
+def rw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[ReqWorld]:
     with req_world(tmp_path_factory.mktemp("hdr"), test_ca) as world:
         yield world
 

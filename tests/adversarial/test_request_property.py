@@ -50,7 +50,7 @@ HEADER_VALUES = [b"1", b"a\tb", b"a\rTransfer-Encoding: chunked", b"a\x00b", b"a
 
 
 @pytest.fixture(scope="module")
-def rw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[ReqWorld]:
+def rw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[ReqWorld]:
     with req_world(tmp_path_factory.mktemp("prop"), test_ca, log_allowed=True) as world:
         yield world
 

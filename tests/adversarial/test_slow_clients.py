@@ -48,7 +48,7 @@ class SlowWorld:
 
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[SlowWorld]:
+def slow(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[SlowWorld]:
     tmp = tmp_path_factory.mktemp("slow")
     with DnsServer() as dns, \
             recording_upstream(UPSTREAM_IP, ca=test_ca.ca, names=NAMES) as tls, \

@@ -26,6 +26,8 @@ from tests.recording import RecordingUpstream, recording_upstream
 from tests.adversarial.wire import BioTLS, open_tunnel, recv_until_closed, send_split, wait_for
 from tests.upstream import free_port
 
+ONE_PATH = "runs mitmdump -s, not egress serve"  # (tests/proxy.py: both paths)
+
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["pass.md.test", "plain.md.test", "other.md.test"]
 

@@ -55,7 +55,7 @@ class UnaWorld:
 
 
 @pytest.fixture(scope="module")
-def una(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[UnaWorld]:
+def una(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[UnaWorld]:
     tmp = tmp_path_factory.mktemp("una")
     with DnsServer() as dns, \
             recording_upstream(UPSTREAM_IP, ca=test_ca.ca, names=NAMES,

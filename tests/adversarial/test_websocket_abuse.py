@@ -37,6 +37,9 @@ from tests.dnsserver import DnsServer
 from tests.proxy import Proxy, run_proxy
 from tests.wsupstream import WsUpstream, ws_upstream
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both"
+            " paths (this runs on the fast path, which hands it over)")
+
 NAMES = ["wss.ws.test", "bound.ws.test", "plainws.ws.test"]
 REAL_KEY = "ws_REAL_" + os.urandom(12).hex()
 PLACEHOLDER = "ws_placeholder_0000000000000"
@@ -70,7 +73,7 @@ class WsWorld:
 
 
 @pytest.fixture(scope="module")
-def ww(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[WsWorld]:
+def ww(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[WsWorld]:
     tmp = tmp_path_factory.mktemp("ws")
     key_file = tmp / "key"
     key_file.write_text(REAL_KEY + "\n")

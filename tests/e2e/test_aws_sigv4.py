@@ -29,6 +29,9 @@ from tests.parts.s3 import AwsKeys, S3Server, s3_server
 from tests.proxy import Proxy, run_proxy
 from tests.upstream import Upstream, run_upstream
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both "
+            "paths (tests/proxy.py); the fast path only hands it over")
+
 PLACEHOLDER = AwsKeys("AKIAEGRESSPLACEHOLDR", "placeholder/secret/placeholder/secret0000")
 SESSION_PH = AwsKeys("ASIAEGRESSPLACEHOLDR", "placeholder/session/secret/placeholder000",
                      "placeholder-session-token-0000000000000000")

@@ -30,6 +30,9 @@ from tests.openbao import OpenBao, openbao_server
 from tests.proxy import Proxy, run_proxy
 from tests.upstream import Upstream, run_upstream, upstream_headers
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both"
+            " paths (this runs on the fast path, which hands it over)")
+
 PLACEHOLDER = "sk_live_egress_placeholder_0000000000000000"
 REAL_KEY = "sk_live_REAL_" + os.urandom(12).hex()
 ROTATED_KEY = "sk_live_ROTATED_" + os.urandom(12).hex()
@@ -55,7 +58,7 @@ class CredWorld:
 
 
 @pytest.fixture(scope="module")
-def cw(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[CredWorld]:
+def cw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[CredWorld]:
     tmp = tmp_path_factory.mktemp("cred")
     key_file = tmp / "files-key"
     key_file.write_text(FILE_KEY + "\n")

@@ -14,6 +14,8 @@ from tests.dnsserver import DnsServer
 from tests.proxy import stop_process, wait_port
 from tests.upstream import free_port, run_upstream
 
+ONE_PATH = "runs mitmdump -s, not egress serve"  # (tests/proxy.py: both paths)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -46,7 +46,7 @@ NAMES: dict[str, list[str]] = {
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardWorld]:
+def gw(proxy_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardWorld]:
     tmp = tmp_path_factory.mktemp("guard")
     with DnsServer() as dns, run_upstream(UPSTREAM_IP, ca=None, names=[], tmp=str(tmp)) as plain:
         trap = CountingListener("127.0.0.1", plain.port)

@@ -28,6 +28,9 @@ from tests.proxy import Proxy, run_proxy
 from tests.recording import RecordingUpstream, recording_upstream
 from tests.upstream import free_port
 
+ONE_PATH = ("what is checked happens inside intercepted traffic, mitmproxy's on both "
+            "paths (tests/proxy.py); the fast path only hands it over")
+
 KEY = "sk_test_reload_ca_0123456789abcdefABCDEF"
 HOST = "api.private-ca.test"
 

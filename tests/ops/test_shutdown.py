@@ -7,6 +7,9 @@ import socket
 import ssl
 from pathlib import Path
 
+import pytest
+
+from tests.clients import basic
 from tests.conftest import TestCA
 from tests.ops.conftest import audit_where, get, start_ops_world, tunnel, wait_until
 
@@ -17,9 +20,11 @@ def refuses_connections(addr: tuple[str, int]) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # accepted into the backlog as the listener closed: ask again
+        return False
 
 
-def read_until(tls: ssl.SSLSocket, marker: bytes, buf: bytes = b"", limit: int = 200) -> bytes:
+def read_until(tls: socket.socket, marker: bytes, buf: bytes = b"", limit: int = 200) -> bytes:
     for _ in range(limit):  # bounded: each recv waits at most the socket timeout
         if marker in buf:
             return buf
@@ -50,6 +55,37 @@ def test_sigterm_lets_an_open_tunnel_finish_its_transfer(tmp_path: Path, test_ca
         assert "drained: every connection finished" in log
         # The audit log is complete: the tunnel's decision was written before exit.
         assert audit_where(world.proxy, skill="alpha", host="api.allowed.test", decision="allow")
+
+
+@pytest.mark.parametrize("front", ["on", "off"])
+def test_sigterm_drains_tunnels_and_requests_open_on_both_paths(tmp_path: Path, test_ca: TestCA,
+                                                                front: str) -> None:
+    # With the fast path on, the passthrough tunnel is relayed by the front and the plain-HTTP
+    # stream by mitmproxy behind it; with --front off mitmproxy carries both.
+    with start_ops_world(tmp_path, test_ca, args=["--drain-seconds", "20", "--front", front]
+                         ) as world:
+        plain = socket.create_connection(world.addr, timeout=10)
+        try:
+            with tunnel(world, "alpha", "api.allowed.test") as tls:
+                tls.sendall(b"GET /sse?n=8&gap=0.25 HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
+                target = f"plain.allowed.test:{world.plain.port}"
+                plain.sendall(f"GET http://{target}/sse?n=8&gap=0.25 HTTP/1.1\r\nHost: {target}"
+                              f"\r\nProxy-Authorization: {basic('alpha', world.proxy.tokens['alpha'])}"
+                              f"\r\n\r\n".encode())
+                relayed = read_until(tls, b"data: event 0")
+                handed = read_until(plain, b"data: event 0")
+
+                world.proxy.process.send_signal(signal.SIGTERM)
+                wait_until(lambda: refuses_connections(world.addr))
+
+                relayed = read_until(tls, b"0\r\n\r\n", relayed)
+                handed = read_until(plain, b"0\r\n\r\n", handed)
+                assert relayed.count(b"data: event") == handed.count(b"data: event") == 8
+                assert world.proxy.alive()
+        finally:
+            plain.close()
+        assert world.proxy.process.wait(20) == 0
+        assert "drained: every connection finished" in world.proxy.log()
 
 
 def test_drain_stops_waiting_after_drain_seconds(tmp_path: Path, test_ca: TestCA) -> None:
