@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.processes import kill_now, stop_gently
 
 __all__ = ["AppRole", "OpenBao", "find_bao", "free_port", "openbao_server"]
 
@@ -143,21 +144,11 @@ class OpenBao:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no graceful shutdown, connections refused afterwards."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT)
+        kill_now(self._proc, STOP_TIMEOUT)
 
     def stop(self) -> None:
         """Terminate, then kill if it lingers; bounded either way."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        stop_gently(self._proc, STOP_TIMEOUT)
 
     def restart(self) -> None:
         """Stop and start on the same address and root token. Dev mode: all data is gone."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.parts.tlsfiles import CertFiles, write_cert
+from tests.processes import kill_now, stop_gently
 from tests.upstream import free_port
 
 if TYPE_CHECKING:
@@ -158,21 +158,11 @@ class RsyslogReceiver:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: whatever it had not written yet is lost."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT)
+        kill_now(self._proc, STOP_TIMEOUT)
 
     def stop(self) -> None:
         """SIGTERM (rsyslogd flushes and exits), then SIGKILL if it lingers."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        stop_gently(self._proc, STOP_TIMEOUT)
 
     def restart(self) -> None:
         self.stop()

@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.parts.tlsfiles import write_cert
+from tests.processes import kill_now, stop_gently
 from tests.upstream import free_port
 
 if TYPE_CHECKING:
@@ -201,20 +201,10 @@ class S3Server:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(STOP_TIMEOUT)
+        kill_now(self._proc, STOP_TIMEOUT)
 
     def stop(self) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        stop_gently(self._proc, STOP_TIMEOUT)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
