@@ -20,7 +20,7 @@ from tests.dnsserver import DnsServer
 # Headless Chromium fixture, and the hook that lets it save a screenshot when a test failed.
 from tests.parts.browser import browser, pytest_runtest_makereport  # noqa: F401
 from tests.proxy import Proxy, proxy_path, run_proxy  # noqa: F401  (proxy_path: autouse)
-from tests.upstream import Upstream, run_upstream
+from tests.upstream import Upstream, free_port, run_upstream
 
 UPSTREAM_IP = "127.0.0.2"
 
@@ -28,7 +28,7 @@ UPSTREAM_IP = "127.0.0.2"
 E2E_NAMES = [
     "api.allowed.test", "www.allowed.test", "deep.sub.allowed.test", "allowed.test",
     "evilallowed.test", "allowed.test.evil.test", "other.test", "plain.allowed.test",
-    "xn--bcher-kva.allowed.test",
+    "xn--bcher-kva.allowed.test", "closed.allowed.test",
 ]
 
 
@@ -55,6 +55,7 @@ class World:
     plain: Upstream
     dns: DnsServer
     ca: TestCA
+    closed_port: int = 0  # allowed for closed.allowed.test; nothing listens there
 
     @property
     def proxy_addr(self) -> tuple[str, int]:
@@ -78,6 +79,7 @@ def world(proxy_path: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F8
             run_upstream(UPSTREAM_IP, ca=None, names=[], tmp=str(tmp)) as plain:
         for name in E2E_NAMES:
             dns.set(name, [UPSTREAM_IP], ttl=300)
+        closed = free_port()
         policies = write_policy(tmp / "policies", f"""
             settings:
               dns: {{nameservers: ["{dns.address}"], timeout: 2}}
@@ -91,6 +93,8 @@ def world(proxy_path: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F8
                     ports: [{tls.port}]
                   - host: plain.allowed.test
                     ports: [{plain.port}]
+                  - host: closed.allowed.test
+                    ports: [{closed}]
               beta:
                 allow:
                   - host: other.test
@@ -98,4 +102,4 @@ def world(proxy_path: str, tmp_path_factory: pytest.TempPathFactory,  # noqa: F8
               idle: {{}}
             """)
         with run_proxy(policies, tmp / "data", ["alpha", "beta", "idle", "ghost"]) as proxy:
-            yield World(proxy, tls, plain, dns, test_ca)
+            yield World(proxy, tls, plain, dns, test_ca, closed)

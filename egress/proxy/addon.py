@@ -577,6 +577,25 @@ class EgressAddon:
                              port=int(address[1]) if address else 0,
                              client=peer_address(client), detail=detail)
 
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The vetted upstream could not be reached: a denial line, so an allowed request or
+        tunnel that got nowhere is not left as an `allow` alone."""
+        error = str(data.server.error or "")
+        if error.startswith("egress:"):
+            return  # refused in server_connect: audited there, or the tunnel already was
+        try:
+            client = data.client
+            tunnel = self._tunnels.get(client)
+            address = data.server.address
+            ip, port = (str(address[0]), int(address[1])) if address else ("", 0)
+            self.recorder.denied(
+                Reason.UPSTREAM_UNREACHABLE, kind="connect" if tunnel else "http",
+                skill=tunnel.skill if tunnel else self._skills.get(client),
+                host=tunnel.host if tunnel else ip, port=tunnel.port if tunnel else port,
+                client=peer_address(client), detail=f"cannot connect to {ip}: {error[:100]}")
+        except Exception:
+            log.exception("egress: error auditing an upstream connection failure")
+
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last line: never dial an address netguard did not vet, nor a refused tunnel."""
         try:

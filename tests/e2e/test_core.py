@@ -324,3 +324,31 @@ def test_approved_passthrough_takes_the_fast_path(tmp_path: Path, world: World) 
         while time.monotonic() < deadline and "passthrough api.allowed.test" not in proxy.log():
             time.sleep(0.05)
         assert f"egress: passthrough api.allowed.test:{world.tls.port} for alpha" in proxy.log()
+
+
+def test_an_allowed_upstream_that_cannot_be_reached_is_audited_as_such(world: World) -> None:
+    # The allow line alone would say the skill reached it; one upstream_unreachable line per
+    # attempt says it did not (a tunnel, and a plain-HTTP request), on both paths.
+    port, before = world.closed_port, len(world.proxy.audit())
+    with socket.create_connection(world.proxy_addr, timeout=10) as s:
+        auth = basic("alpha", world.proxy.tokens["alpha"])
+        s.sendall(f"CONNECT closed.allowed.test:{port} HTTP/1.1\r\nHost: closed.allowed.test:"
+                  f"{port}\r\nProxy-Authorization: {auth}\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=world.ca.path)
+        with pytest.raises((ssl.SSLError, OSError)):
+            with ctx.wrap_socket(s, server_hostname="closed.allowed.test") as tls:
+                tls.recv(1)
+    with httpx.Client(proxy=world.proxy.url("alpha"), trust_env=False, timeout=10) as c:
+        answer = c.get(f"http://closed.allowed.test:{port}/x")
+    assert answer.status_code == 502
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [r for r in world.proxy.audit()[before:] if r["reason"] == "upstream_unreachable"]
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    assert [(r["decision"], r["skill"], r["kind"]) for r in lines] == [
+        ("deny", "alpha", "connect"), ("deny", "alpha", "http")]
+    assert lines[0]["host"] == "closed.allowed.test" and lines[0]["port"] == port
+    assert all("cannot connect to 127.0.0.2" in r["detail"] for r in lines)

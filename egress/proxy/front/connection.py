@@ -323,6 +323,9 @@ class FrontConnection(asyncio.Protocol):
         except OSError as exc:
             log.debug("egress: passthrough %s:%d: cannot connect to %s: %s", tunnel.host,
                       tunnel.port, tunnel.address, exc)
+            # The allow was audited; that nothing went through is audited too (not an allow).
+            self._audit(Reason.UPSTREAM_UNREACHABLE, "connect",
+                        f"cannot connect to {tunnel.address}: {_connect_error(exc)}")
             self.abort()
             return
         if self.phase is Phase.CLOSED:
@@ -415,3 +418,8 @@ class FrontConnection(asyncio.Protocol):
 
 def _requested(head: ProxyHead) -> Destination:
     return Destination(head.host[:253], head.port)
+
+
+def _connect_error(exc: OSError) -> str:
+    """What went wrong dialling, in a few words (never more than the OS said)."""
+    return (exc.strerror or type(exc).__name__)[:100]
