@@ -39,7 +39,7 @@ from mitmproxy import connection
 from mitmproxy.proxy import events, layer
 
 from egress.policy.model import ConnectionSettings
-from egress.proxy.timeouts import Watch, expired
+from egress.proxy.timeouts import Watch, expired, sweep_interval
 from egress.reasons import Reason
 
 __all__ = ["ActivityLayer", "ConnectionGuard", "LayerKind", "expired"]
@@ -211,10 +211,7 @@ class ConnectionGuard:
 
     async def _sweep_forever(self) -> None:
         while True:
-            s = self._settings()
-            shortest = min(s.request_head_timeout, s.idle_before_auth, s.idle_timeout,
-                           s.clienthello_timeout)
-            await asyncio.sleep(min(1.0, max(0.1, shortest / 4)))
+            await asyncio.sleep(sweep_interval(self._settings()))
             try:
                 self.sweep()
             except Exception:  # a bug here must not stop the sweeping

@@ -33,7 +33,7 @@ from egress.policy.model import ConnectionSettings
 from egress.proxy.deciding import Deciding
 from egress.proxy.front.connection import FrontConnection, Phase
 from egress.proxy.handover import Handover
-from egress.proxy.timeouts import expired
+from egress.proxy.timeouts import expired, sweep_interval
 from egress.reasons import Reason
 
 __all__ = ["Engine", "FrontServer"]
@@ -202,10 +202,7 @@ class FrontServer:
 
     async def _sweep_forever(self) -> None:
         while True:
-            s = self.settings()
-            shortest = min(s.request_head_timeout, s.idle_before_auth, s.idle_timeout,
-                           s.clienthello_timeout)
-            await asyncio.sleep(min(1.0, max(0.1, shortest / 4)))
+            await asyncio.sleep(sweep_interval(self.settings()))
             try:
                 self.sweep()
             except Exception:  # a bug here must not stop the sweeping
