@@ -84,6 +84,10 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
     from egress.policy.load import load_policy_dir
     from egress.proxy.deciding import Deciding
 
+    # A stop signal during start-up (after the fast path listens, before the supervisor's
+    # handlers are in place) must not kill the process mid-way: it is kept and the supervisor
+    # drains as soon as it can. Installed before anything can listen.
+    early_stop = _catch_stop_signals()
     try:
         # Fail fast with file:line messages before binding a port; the proxy reuses this load.
         policy = await asyncio.to_thread(load_policy_dir, policies)
@@ -116,11 +120,25 @@ async def serve(policies: Path, data: Path, host: str, port: int, *,
         return 1
     log.info("egress listening on %s:%d (%s), policies %s, data %s", host, port,
              "fast path" if front else "mitmproxy only", policies, data)
+    if early_stop:  # the supervisor's handlers replaced ours; act on what they missed
+        ops.on_stop_signal(early_stop[0])
     try:
         await proxy.run()
     finally:
         await ops.stop()
     return 0
+
+
+def _catch_stop_signals() -> list[int]:
+    """SIGTERM/SIGINT from now until the supervisor starts are recorded, not fatal."""
+    import asyncio
+    import signal
+
+    caught: list[int] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, caught.append, sig)
+    return caught
 
 
 async def _proxy(runtime: Any, deciding: Any, host: str, port: int, *, audit: str | None,

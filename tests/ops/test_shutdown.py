@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from tests.clients import basic
 from tests.conftest import TestCA
 from tests.ops.conftest import audit_where, get, start_ops_world, tunnel, wait_until
+from tests.proxy import EGRESS, stop_process
+from tests.upstream import free_port
 
 
 def refuses_connections(addr: tuple[str, int]) -> bool:
@@ -112,3 +115,31 @@ def test_second_sigterm_stops_at_once(tmp_path: Path, test_ca: TestCA) -> None:
             world.proxy.process.send_signal(signal.SIGTERM)
             assert world.proxy.process.wait(20) == 0
         assert "SIGTERM again: stopping now" in world.proxy.log()
+
+
+@pytest.mark.parametrize("front", ["on", "off"])
+def test_sigterm_during_start_up_drains_and_exits_cleanly(tmp_path: Path, front: str) -> None:
+    # The fast path listens before the supervisor installs its handlers; a SIGTERM in that
+    # window (a container stopped while starting, a test that signals once the port answers)
+    # used to kill egress with the default action (-15) instead of a drain. The signal is sent
+    # just after the "open files limit" line, which is logged after egress starts holding
+    # stop signals and before its proxy starts (an intercepting rule makes that start slow).
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(
+        "skills:\n  alpha:\n    allow:\n      - host: api.example.test\n        methods: [GET]\n")
+    log_path = tmp_path / "serve.log"
+    cmd = [EGRESS, "serve", "--policies", str(policies), "--data-dir", str(tmp_path / "data"),
+           "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}",
+           "--front", front]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "open files limit" in log_path.read_text(), timeout=30, step=0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+        text = log_path.read_text()
+        assert "SIGTERM: no longer accepting connections" in text
+        assert "Traceback" not in text
+    finally:
+        stop_process(proc)
