@@ -12,7 +12,7 @@ signed AWS API request" (header authorization, HMAC-SHA256):
 What is signed: `host`, every `x-amz-*` header, `content-type` and `content-md5` when sent
 (AWS requires host and the x-amz-* headers; the rest travel unsigned, as an SDK may add
 headers egress does not forward verbatim). The URI is the path as sent for S3, and for other
-services the path with dot segments removed, URI-encoded once more (AWS's rule). The query
+services the path with dot and empty segments removed, URI-encoded once more (AWS's rule). The query
 is forwarded in canonical encoding (RFC 3986 unreserved characters bare, everything else
 %XX), so egress and the service read it the same way; presigned-URL parameters (X-Amz-
 Signature, X-Amz-Credential, ...) are removed: egress signs with the Authorization header.
@@ -166,16 +166,16 @@ def _canonical_uri(path: str, service: str) -> str:
 
 
 def _remove_dot_segments(path: str) -> str:
+    """RFC 3986's dot-segment removal plus AWS's rule that empty segments ('//') go too, as
+    AWS's SigV4 test suite (get-slashes: '//example//' signs as '/example/') and botocore do."""
     out: list[str] = []
     for segment in path.split("/"):
         if segment == "..":
-            if out and out[-1]:
+            if out:
                 out.pop()
-        elif segment != ".":
+        elif segment not in (".", ""):
             out.append(segment)
-    normal = "/".join(out)
-    if not normal.startswith("/"):
-        normal = "/" + normal
-    if path.endswith("/") and not normal.endswith("/"):
+    normal = "/" + "/".join(out)
+    if path.endswith("/") and out:
         normal += "/"
     return normal
