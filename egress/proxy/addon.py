@@ -628,9 +628,10 @@ class EgressAddon:
 
     def _refuse_tunnel(self, client: connection.Client, tunnel: Tunnel, refusal: Refusal) -> None:
         tunnel.refused = refusal.reason  # server_connect refuses any dial for it from now on
+        tunnel.refused_id = new_request_id()
         self.recorder.denied(refusal.reason, kind=refusal.kind, skill=tunnel.skill,
                              host=tunnel.host, port=tunnel.port, client=peer_address(client),
-                             detail=refusal.detail)
+                             detail=refusal.detail, request_id=tunnel.refused_id)
 
     def _closed_by_guard(self, client: connection.Client, reason: Reason, detail: str) -> None:
         tunnel = self._tunnels.get(client)

@@ -223,8 +223,9 @@ class Gate:
         if isinstance(credential, Refused):
             return credential
         if tunnel.refused is not None:  # its upstream failed TLS verification (audited then)
+            # The reply names the audit line that refused the tunnel, not a new request id.
             return Refused(tunnel.refused, None, skill, Destination(tunnel.host, tunnel.port),
-                           rid, counted=True, recorded=True)
+                           tunnel.refused_id or rid, counted=True, recorded=True)
         judged, approval = _approval(state, skill, judged, dest)
         # An absolute-form target naming the CONNECT host is forwarded in origin-form.
         return Admitted(skill, dest, judged, rid, credential=credential,

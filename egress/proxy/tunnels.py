@@ -26,6 +26,7 @@ class Tunnel:
     decision: Decision
     address: str | None  # the vetted address dialled
     refused: Reason | None = None  # set when a later check (SNI) refused the tunnel
+    refused_id: str | None = None  # its refusal's audit line: later replies name it
 
 
 def sni_matches(tunnel: Tunnel, sni: str | None) -> bool:

@@ -7,6 +7,7 @@ exactly one audit line with a reason code, and the upstream must have received n
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -191,6 +192,9 @@ def test_upstream_tls_failure_is_a_denial_egress_denials_shows(una: UnaWorld) ->
     lines = una.settle(start, "upstream_tls_failed")
     assert [(r["decision"], r["reason"], r["skill"], r["host"]) for r in lines] == [
         ("deny", "upstream_tls_failed", "eve", "wrongcert.una.test")]
+    # Each 502 names the audit line that refused the tunnel (what an investigator looks up).
+    named = re.findall(rb"X-Egress-Request-Id: ([0-9a-f]+)", first + second)
+    assert named and {n.decode() for n in named} == {lines[0]["id"]}
     requests = [r for r in una.proxy.audit()[start:] if r["kind"] == "http"]
     assert requests == []  # never audited as an allowed request
     assert una.tls.received() == b""  # nothing went to the unverified upstream
