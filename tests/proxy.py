@@ -64,9 +64,7 @@ class Proxy:
         return self.data_dir / "audit.jsonl"
 
     def audit(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+        return written_records(self.audit_path)
 
     def audit_for(self, request_id: str) -> dict[str, Any]:
         """The audit record of one response's X-Egress-Request-Id (waits briefly)."""
@@ -82,6 +80,23 @@ class Proxy:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def written_lines(path: Path) -> list[str]:
+    """The complete lines of a JSON-lines file egress may be appending to right now.
+
+    egress writes each line with one os.write, but a read racing that write can see part of
+    it (Linux does not make a regular file's read and write atomic with each other): the text
+    after the last newline is a line still being written, left for the next read."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [line for line in text[:text.rfind("\n") + 1].splitlines() if line]
+
+
+def written_records(path: Path) -> list[dict[str, Any]]:
+    """The audit records of written_lines (a complete line that is not JSON fails the test)."""
+    return [json.loads(line) for line in written_lines(path)]
 
 
 def wait_port(host: str, port: int, process: subprocess.Popen[bytes] | None = None,

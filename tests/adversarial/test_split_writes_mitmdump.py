@@ -21,7 +21,7 @@ import pytest
 from egress.identity import TokenStore
 from tests.conftest import UPSTREAM_IP, TestCA, write_policy
 from tests.dnsserver import DnsServer
-from tests.proxy import stop_process, wait_port
+from tests.proxy import stop_process, wait_port, written_records
 from tests.recording import RecordingUpstream, recording_upstream
 from tests.adversarial.wire import BioTLS, open_tunnel, recv_until_closed, send_split, wait_for
 from tests.upstream import free_port
@@ -46,9 +46,7 @@ class Dump:
         return ("127.0.0.1", self.port)
 
     def audit(self) -> list[dict[str, Any]]:
-        import json
-        path = self.data / "audit.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        return written_records(self.data / "audit.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from tests.clients import basic, read_response
-from tests.proxy import Proxy, run_proxy
+from tests.proxy import Proxy, run_proxy, written_lines
 from tests.upstream import free_port
 
 SKILL = "alpha"
@@ -99,8 +99,7 @@ class ShipWorld:
                 assert read_response(sock).status == 403
 
     def audit_lines(self) -> list[str]:
-        path = self.proxy.audit_path
-        return path.read_text().splitlines() if path.exists() else []
+        return written_lines(self.proxy.audit_path)
 
     def admin(self, path: str) -> httpx.Response:
         with httpx.Client(timeout=10, trust_env=False) as client:

@@ -23,7 +23,7 @@ from egress.identity import TokenStore
 from tests.clients import basic, connect
 from tests.conftest import write_policy
 from tests.dnsserver import DnsServer
-from tests.proxy import stop_process, wait_port
+from tests.proxy import stop_process, wait_port, written_records
 from tests.upstream import Upstream, free_port, run_upstream
 
 ENTRYPOINT = Path(__file__).parents[2] / "docker" / "entrypoint.py"
@@ -131,7 +131,7 @@ class Running:
     stdout: Path
 
     def audit(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.read_text().splitlines() if line]
+        return written_records(self.stdout)
 
 
 @pytest.fixture
