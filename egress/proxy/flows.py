@@ -17,7 +17,8 @@ from egress.proxy.requestcheck import read_head
 from egress.proxy.tunnels import Tunnel
 from egress.responses import Reply
 
-__all__ = ["arrival", "peer_address", "request_line", "requested_destination", "response"]
+__all__ = ["arrival", "peer_address", "request_line", "requested_destination", "response",
+           "spell_address"]
 
 
 def arrival(flow: http.HTTPFlow, kind: ArrivalKind, *, proxy_authorization: str | None,
@@ -56,8 +57,12 @@ def request_line(flow: http.HTTPFlow) -> RequestLine:
 
 
 def peer_address(client: connection.Client) -> str | None:
-    peer = client.peername
-    if not peer:
+    return spell_address(client.peername)
+
+
+def spell_address(peer: object) -> str | None:
+    """A (host, port, ...) socket address as audit lines spell `client` ('[::1]:5' for IPv6)."""
+    if not isinstance(peer, tuple) or len(peer) < 2:
         return None
     return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from egress.proxy.flows import spell_address
 from egress.proxy.record import Recorder
 from egress.proxy.requestcheck import header_problem, method_problem, read_head
 from egress.reasons import Problem, Reason
@@ -87,10 +88,11 @@ class ProtocolErrorAudit(logging.Handler):
                     return
                 client = match["client"]
                 detail = f"unparsable request: {match['what'].strip()}"
-            known = self._describe(getattr(log_record, "client", None)) if self._describe else None
+            peer = getattr(log_record, "client", None)  # mitmproxy's peername of the line
+            known = self._describe(peer) if self._describe else None
             skill, host, port = known if known is not None else (None, "", 0)
             self._recorder.denied(reason, kind="http", skill=skill, host=host, port=port,
-                                  client=client, detail=detail)
+                                  client=client or spell_address(peer), detail=detail)
         except Exception:  # a logging handler must never raise into mitmproxy
             self.handleError(log_record)
 

@@ -257,35 +257,50 @@ def test_unparsable_requests_are_audited_without_their_bytes(world: World) -> No
     assert "SECRET123" not in world.proxy.audit_path.read_text()
 
 
+def _address(s: socket.socket) -> str:
+    """A client socket's address as audit lines spell `client`."""
+    host, port = s.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def _audited_from(world: World, clients: set[str], want: int) -> list[str]:
+    """Reasons of the audit lines from `clients` (waits briefly for `want` of them): lines
+    of other tests' connections, written when those closed, may land meanwhile."""
+    deadline = time.monotonic() + 5
+    while True:
+        reasons = sorted(r["reason"] for r in world.proxy.audit() if r.get("client") in clients)
+        if len(reasons) >= want or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.05)
+
+
 def test_half_open_connection_does_not_block_others(world: World) -> None:
     s = socket.create_connection(world.proxy_addr, timeout=10)
+    client = _address(s)
     try:
         s.sendall(b"CONNECT api.allowed.test:1 HTTP/1.1\r\n")  # never finished
         assert https(world, "alpha", "api.allowed.test").status_code == 200
     finally:
         s.close()
     assert world.proxy.alive()
+    assert _audited_from(world, {client}, 1) == ["bad_request"]  # the unfinished head, once
 
 
 def test_raw_bytes_of_refused_requests_never_reach_the_process_log(world: World) -> None:
     token = world.proxy.tokens["alpha"]
-    start = len(world.proxy.audit())
+    clients = set()
     with socket.create_connection(world.proxy_addr, timeout=10) as s:  # closes mid-head
+        clients.add(_address(s))
         s.sendall(f"CONNECT api.allowed.test:1 HTTP/1.1\r\nProxy-Authorization: "
                   f"{basic('alpha', token)}\r\n".encode())
     with socket.create_connection(world.proxy_addr, timeout=10) as s:  # unparsable line
+        clients.add(_address(s))
         s.sendall(f"\x00GET http://x/?key={token} HTTP/1.1\r\n\r\n".encode())
         s.settimeout(5)
         s.recv(100)
-    def refused() -> list[str]:
-        return sorted(r["reason"] for r in world.proxy.audit()[start:])
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(refused()) < 2:
-        time.sleep(0.05)
-    # Both refusals audited (the second reads as a request without credentials), neither
-    # quoting the bytes.
-    assert refused() == ["auth_required", "bad_request"]
+    # Both refusals audited once (the second reads as a request without credentials),
+    # neither quoting the bytes.
+    assert _audited_from(world, clients, 2) == ["auth_required", "bad_request"]
     log = world.proxy.log()
     if not world.proxy.front:  # mitmproxy quotes what it could not parse: egress redacts it
         assert "bytes redacted" in log
