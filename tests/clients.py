@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +71,19 @@ def connect(proxy: tuple[str, int], target: str, auth: str | None, *,
     with socket.create_connection(proxy, timeout=timeout) as sock:
         sock.sendall((head + "\r\n").encode())
         return read_response(sock)
+
+
+def client_hello(sni: str | None = "api.example.com", alpn: list[str] | None = None) -> bytes:
+    """The ClientHello Python's ssl sends for `sni` (None: no SNI) and `alpn`, as bytes."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = sni is not None
+    if sni is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()

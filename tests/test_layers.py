@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
 
 from egress.proxy.layers import MAX_CLIENTHELLO_BYTES, MAX_REQUEST_LINE_BYTES, request_line, sniff
-
-
-def client_hello(sni: str | None = "api.example.com") -> bytes:
-    ctx = ssl.create_default_context()
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
+from tests.clients import client_hello
 
 
 @pytest.mark.parametrize("data, state", [

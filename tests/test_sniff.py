@@ -9,7 +9,6 @@ complete with the same SNI.
 
 from __future__ import annotations
 
-import ssl
 import struct
 
 import pytest
@@ -18,22 +17,7 @@ from hypothesis import strategies as st
 from mitmproxy.proxy.layers.tls import parse_client_hello as mitmproxy_parse
 
 from egress.proxy.sniff import parse_client_hello
-
-
-def client_hello(sni: str | None, alpn: list[str] | None = None) -> bytes:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = sni is not None
-    if sni is None:
-        ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
-
+from tests.clients import client_hello
 
 HELLOS = [client_hello("api.example.com"), client_hello(None), client_hello("xn--bcher-kva.ch"),
           client_hello("a.b", ["h2", "http/1.1"]), client_hello("127.0.0.1")]
